@@ -1,0 +1,121 @@
+"""The `speedrun` command: a thin layer over the library.
+
+User mistakes (bad recipe, bad override, bad path, bad prompt) print one line
+starting with `error:` and exit with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .checkpoint import CheckpointError
+from .config import ConfigError, config_from_dict, load_config, recipe_description, recipe_names
+from .tokenizer import TokenizerError
+
+USER_ERRORS = (ConfigError, CheckpointError, TokenizerError)
+
+
+def cmd_train(args) -> int:
+    from .device import setup_runtime
+    from .rundir import RunDir
+    from .trainer import train
+
+    cfg = load_config(args.recipe, args.overrides)
+    rt = setup_runtime(cfg.device, cfg.dtype)
+    run = RunDir.create(cfg, args.out)
+    print(f"run directory: {run.path}", flush=True)
+    train(cfg, run, rt, progress=not args.quiet)
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    names = recipe_names()
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:<{width}}  {recipe_description(name)}")
+    return 0
+
+
+def load_run_model(run_dir: str, device: str = "cpu"):
+    """(model, tokenizer, config, runtime) from a run directory's last checkpoint."""
+    from .checkpoint import load_checkpoint
+    from .device import setup_runtime
+    from .model import GPT
+    from .rundir import RunDir
+    from .tokenizer import load_tokenizer
+
+    run = RunDir(Path(run_dir))
+    if not run.path.is_dir():
+        raise ConfigError(f"run directory {run_dir} does not exist; pass the folder `speedrun train` printed")
+    model_state, state = load_checkpoint(run.checkpoint("last"))
+    cfg = config_from_dict(state["config"])
+    rt = setup_runtime(device, cfg.dtype)
+    model = GPT(cfg.model)
+    model.load_state_dict(model_state)
+    model.to(rt.device).eval()
+    return model, load_tokenizer(state["tokenizer"]), cfg, rt
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from .model import generate
+
+    model, tok, cfg, rt = load_run_model(args.run_dir, args.device)
+    ids = tok.encode(args.prompt)
+    if not ids:
+        raise ConfigError("--prompt is empty; give the text to continue, e.g. --prompt '123+456='")
+    if len(ids) >= cfg.model.block_size:
+        raise ConfigError(f"prompt is {len(ids)} tokens but the model sees at most "
+                          f"{cfg.model.block_size - 1} before answering; shorten it")
+    generator = torch.Generator().manual_seed(args.seed)
+    idx = torch.tensor([ids], device=rt.device)
+    with rt.autocast():
+        out = generate(model, idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                       stop_token=getattr(tok, "eot_id", None), generator=generator)
+    text = tok.decode(out[0, len(ids):].tolist())
+    eot = getattr(tok, "eot", None)
+    if eot and text.endswith(eot):
+        text = text[: -len(eot)]
+    print(args.prompt + text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="speedrun", description="Train small GPTs from scratch, fast.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a recipe (bundled name or path to a .toml)")
+    t.add_argument("recipe", help="bundled recipe name (see `speedrun recipes`) or a TOML file")
+    t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.seed=3")
+    t.add_argument("--out", help="run directory (default runs/<recipe>-<timestamp>); must be new or empty")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or per-step lines")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("recipes", help="list the bundled recipes")
+    r.set_defaults(func=cmd_recipes)
+
+    s = sub.add_parser("sample", help="continue a prompt with a trained run's checkpoint")
+    s.add_argument("run_dir")
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--max-new-tokens", type=int, default=200)
+    s.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy argmax")
+    s.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens; 0: all")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_sample)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

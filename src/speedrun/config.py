@@ -1,0 +1,248 @@
+"""Typed configuration: recipes are TOML, validated into dataclasses.
+
+A recipe names its task; the task decides which dataclass validates the
+`[data]` table. Every user mistake (unknown key, wrong type, unknown recipe)
+raises `ConfigError` with a one-line message that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, field, fields, is_dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A problem with a recipe or an override that the user can fix."""
+
+
+@dataclass
+class ModelConfig:
+    n_layer: int = 2
+    n_head: int = 2
+    n_embd: int = 64
+    block_size: int = 16
+    vocab_size: int = 0  # 0: taken from the task's tokenizer
+    dropout: float = 0.0
+    bias: bool = False
+    pos: Literal["learned", "rope"] = "learned"
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    mlp: Literal["gelu", "relu2"] = "gelu"
+    mlp_ratio: int = 4
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+    zero_init_proj: bool = False
+    logit_softcap: float = 0.0  # 0 disables soft-capping
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adamw", "muon"] = "adamw"
+    lr: float = 1e-3  # AdamW learning rate (embeddings, head, scalars under Muon)
+    muon_lr: float = 0.02  # Muon learning rate for 2-D hidden weights
+    muon_momentum: float = 0.95
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # 0 disables clipping
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1  # final learning rate as a fraction of the peak
+    warmdown_fraction: float = 0.2  # wsd: fraction of the run spent decaying
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 64
+    grad_accum: int = 1
+    seed: int = 1337
+    log_every: int = 50
+    eval_every: int = 0  # 0: only at the end
+    time_budget: float = 0.0  # seconds of training; 0: no budget
+    target_val_loss: float = 0.0  # stop once val_loss <= target; 0: off
+    compile: bool = False
+
+
+@dataclass
+class AdditionData:
+    answer: Literal["plain", "reversed"] = "reversed"
+    balance_carries: bool = True
+    answer_loss_only: bool = True
+    train_pairs: int = 0  # size of the training pool; 0: sample from all pairs
+    probe_every: int = 0  # cheap check of carry-heavy pairs; 0: off
+    stop_on_probe: bool = True  # stop early when the probe is fully correct
+    val_fraction: float = 0.1  # share of the pool held out for val_loss
+
+
+@dataclass
+class Config:
+    task: str = "addition"
+    recipe: str = ""
+    description: str = ""
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: Any = field(default_factory=AdditionData)
+
+
+DATA_CONFIGS: dict[str, type] = {"addition": AdditionData}
+
+
+def recipe_names() -> list[str]:
+    folder = resources.files("speedrun") / "recipes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def read_recipe(name_or_path: str) -> tuple[str, dict]:
+    """Return (recipe name, raw TOML table) for a bundled name or a file path."""
+    path = Path(name_or_path)
+    if name_or_path.endswith(".toml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"recipe file {name_or_path!r} not found; give an existing .toml path "
+                              f"or one of: {', '.join(recipe_names())}")
+        text, name = path.read_text(encoding="utf-8"), path.stem
+    else:
+        names = recipe_names()
+        if name_or_path not in names:
+            close = difflib.get_close_matches(name_or_path, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown recipe {name_or_path!r}{hint}; available: {', '.join(names)}")
+        text = (resources.files("speedrun") / "recipes" / f"{name_or_path}.toml").read_text("utf-8")
+        name = name_or_path
+    try:
+        return name, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"recipe {name_or_path!r} is not valid TOML: {e}") from None
+
+
+def recipe_description(name: str) -> str:
+    return read_recipe(name)[1].get("description", "")
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    """Validate (and gently coerce int -> float) one value against a type hint."""
+    if get_origin(tp) is Literal:
+        if value not in get_args(tp):
+            choices = ", ".join(repr(c) for c in get_args(tp))
+            raise ConfigError(f"{where} = {value!r} is not allowed; expected one of {choices}")
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        return value
+    raise ConfigError(f"{where} = {value!r} has the wrong type; expected {tp.__name__}")
+
+
+def _build(cls: type, table: dict, prefix: str) -> Any:
+    hints = get_type_hints(cls)
+    valid = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in table.items():
+        where = f"{prefix}{key}"
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            hint = f"; did you mean {prefix + close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {where!r}{hint} (valid: {', '.join(valid)})")
+        tp = hints[key]
+        if is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where} must be a table of keys, not {value!r}")
+            value = _build(tp, value, f"{where}.")
+        else:
+            value = _check_type(value, tp, where)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse `a.b=value`; the value is read as TOML, falling back to a bare string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. train.seed=3")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has no key before '='")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def _set_dotted(table: dict, path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        node = table.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {'.'.join(path)}: {part!r} is not a table")
+        table = node
+    table[path[-1]] = value
+
+
+def load_config(recipe: str, overrides: list[str] = ()) -> Config:
+    name, table = read_recipe(recipe)
+    for text in overrides:
+        path, value = parse_override(text)
+        _set_dotted(table, path, value)
+    return config_from_dict(table, recipe_name=name)
+
+
+def config_from_dict(table: dict, recipe_name: str = "") -> Config:
+    table = dict(table)
+    task = table.get("task", Config.task)
+    if task not in DATA_CONFIGS:
+        raise ConfigError(f"unknown task {task!r}; available: {', '.join(DATA_CONFIGS)}")
+    data = table.pop("data", {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"data must be a table of keys, not {data!r}")
+    table.setdefault("recipe", recipe_name)
+    cfg = _build(Config, table, "")
+    cfg.data = _build(DATA_CONFIGS[task], data, "data.")
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: Config) -> None:
+    m, t = cfg.model, cfg.train
+    if m.n_embd % m.n_head:
+        raise ConfigError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
+    if m.pos == "rope" and (m.n_embd // m.n_head) % 2:
+        raise ConfigError("rotary positions need an even head size; change model.n_embd or model.n_head")
+    for name in ("steps", "batch_size", "grad_accum"):
+        if getattr(t, name) < 1:
+            raise ConfigError(f"train.{name} must be at least 1")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_toml(cfg: Config) -> str:
+    """Serialise a config to TOML (flat scalars and one level of tables)."""
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return repr(v)
+
+    top, tables = [], []
+    for key, value in to_dict(cfg).items():
+        if isinstance(value, dict):
+            tables.append(f"\n[{key}]")
+            tables += [f"{k} = {scalar(v)}" for k, v in value.items()]
+        else:
+            top.append(f"{key} = {scalar(value)}")
+    return "\n".join(top + tables) + "\n"

@@ -1,0 +1,218 @@
+"""A GPT in one file: the GPT-2 block and the modern options as config switches.
+
+GPT-2 style: learned positions, LayerNorm, GELU MLP, tied embeddings.
+Modern options: rotary positions, RMSNorm, QK-norm, ReLU^2 MLP, zero-initialised
+output projections (each block starts as the identity), untied head and logit
+soft-capping. Attention always goes through `scaled_dot_product_attention`, so
+CUDA gets flash attention and the CPU its fused kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+
+def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(dim, elementwise_affine=False)
+    return nn.LayerNorm(dim, bias=cfg.bias)
+
+
+def rotary_tables(head_dim: int, length: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of each head by position-dependent angles."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.n_embd // cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.qk_norm = cfg.qk_norm
+        self.rope = cfg.pos == "rope"
+        self.dropout = cfg.dropout
+
+    def forward(self, x, rotary, cache, start):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).unbind(2)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
+        if self.rope:
+            cos, sin = rotary[0][start:start + T, None], rotary[1][start:start + T, None]
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if cache is not None:
+            if cache:  # append this chunk's keys and values to the ones already seen
+                k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
+            cache[:] = [k, v]
+        if T == k.shape[2]:
+            mask, causal = None, True
+        else:  # queries are the last T of k.shape[2] positions
+            full = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device)
+            mask, causal = full.tril(diagonal=k.shape[2] - T), False
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = cfg.mlp_ratio * cfg.n_embd
+        self.fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
+        self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
+        self.relu2 = cfg.mlp == "relu2"
+
+    def forward(self, x):
+        h = self.fc(x)
+        h = F.relu(h).square() if self.relu2 else F.gelu(h)
+        return self.proj(h)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1, self.attn = make_norm(cfg, cfg.n_embd), Attention(cfg)
+        self.norm2, self.mlp = make_norm(cfg, cfg.n_embd), MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rotary, cache, start):
+        x = x + self.drop(self.attn(self.norm1(x), rotary, cache, start))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size < 1:
+            raise ValueError("model.vocab_size must be set (the task's tokenizer sets it)")
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = make_norm(cfg, cfg.n_embd)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.tok_emb.weight
+        if cfg.pos == "rope":
+            cos, sin = rotary_tables(cfg.n_embd // cfg.n_head, cfg.block_size)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init)
+        for block in self.blocks:  # residual projections: GPT-2's depth scaling, or zero
+            for proj in (block.attn.proj, block.mlp.proj):
+                if cfg.zero_init_proj:
+                    nn.init.zeros_(proj.weight)
+                else:
+                    nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx, targets=None, cache=None, start=0, last=0):
+        """Logits for `idx` (B, T); with targets, also the mean cross-entropy.
+
+        targets use -100 for positions that do not count. `cache` is a list of
+        per-layer [k, v] lists filled as generation proceeds; `start` is the
+        position of idx[:, 0]. `last` > 0 computes logits only for the last
+        positions (evaluation and generation need no more).
+        """
+        B, T = idx.shape
+        if start + T > self.cfg.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.cfg.block_size}")
+        x = self.tok_emb(idx)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
+        x = self.drop(x)
+        rotary = (self.rope_cos, self.rope_sin) if self.cfg.pos == "rope" else None
+        for i, block in enumerate(self.blocks):
+            x = block(x, rotary, cache[i] if cache is not None else None, start)
+        if last:
+            x = x[:, -last:]
+        logits = self.head(self.norm_f(x))
+        if self.cfg.logit_softcap > 0:
+            cap = self.cfg.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    def new_cache(self) -> list[list]:
+        return [[] for _ in self.blocks]
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module):
+    """Eval mode (no dropout) inside the block, the previous mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@torch.inference_mode()
+def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0, stop_token: int | None = None,
+             generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+    """Continue idx (B, T). temperature 0 is greedy argmax, not a tiny temperature."""
+    block = model.cfg.block_size
+    max_new_tokens = min(max_new_tokens, block - idx.shape[1]) if use_cache else max_new_tokens
+    cache = model.new_cache() if use_cache else None
+    pos, feed = 0, idx
+    for _ in range(max_new_tokens):
+        if use_cache:
+            logits = model(feed, cache=cache, start=pos, last=1)[:, -1].float()
+            pos += feed.shape[1]
+        else:
+            logits = model(idx[:, -block:], last=1)[:, -1].float()
+        nxt = sample_next(logits, temperature, top_k, top_p, generator)
+        idx = torch.cat((idx, nxt), dim=1)
+        feed = nxt
+        if stop_token is not None and bool((nxt == stop_token).all()):
+            break
+    return idx
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    if temperature <= 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) > top_p  # keep the smallest set reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)

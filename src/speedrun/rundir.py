@@ -1,0 +1,87 @@
+"""The run directory: everything a run leaves behind, in one folder.
+
+    config.toml       the resolved config (recipe plus overrides)
+    metrics.jsonl     one JSON object per logged step or evaluation
+    train.log         the log lines printed during the run
+    tokenizer.json    the tokenizer, to reload with the checkpoint
+    checkpoints/      last.safetensors (and best.safetensors for text runs)
+    summary.json      the outcome: time, steps, parameters, metrics
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import time
+from pathlib import Path
+
+from .config import Config, ConfigError, to_toml
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, cfg: Config, out: str | None) -> "RunDir":
+        if out is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            path = Path("runs") / f"{cfg.recipe or cfg.task}-{stamp}"
+            n = 1
+            while path.exists():
+                n += 1
+                path = Path("runs") / f"{cfg.recipe or cfg.task}-{stamp}-{n}"
+        else:
+            path = Path(out)
+            if path.exists() and (not path.is_dir() or any(path.iterdir())):
+                raise ConfigError(f"--out {out} already exists and is not empty; choose a new "
+                                  f"directory or use --resume {out} to continue that run")
+        path.mkdir(parents=True, exist_ok=True)
+        run = cls(path)
+        (path / "config.toml").write_text(to_toml(cfg), encoding="utf-8")
+        return run
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def checkpoint(self, name: str = "last") -> Path:
+        return self.checkpoints / f"{name}.safetensors"
+
+    def log_metrics(self, record: dict) -> None:
+        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(_finite(record)) + "\n")
+
+    def log(self, line: str) -> None:
+        with open(self.path / "train.log", "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    def write_json(self, name: str, data: dict) -> None:
+        tmp = self.path / f".{name}.tmp"
+        tmp.write_text(json.dumps(_finite(data), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(self.path / name)
+
+    def read_json(self, name: str) -> dict:
+        return json.loads((self.path / name).read_text(encoding="utf-8"))
+
+
+def _finite(obj):
+    """JSON has no NaN or infinity: write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def git_commit() -> str | None:
+    """The commit of the speedrun source tree, if it is a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

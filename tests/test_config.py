@@ -1,0 +1,87 @@
+import pytest
+
+from speedrun.config import (ConfigError, config_from_dict, load_config, parse_override, recipe_names,
+                             to_toml)
+from speedrun.config import tomllib
+
+
+def test_bundled_recipes_load():
+    names = recipe_names()
+    assert {"addition", "addition-reference"} <= set(names)
+    for name in names:
+        cfg = load_config(name)
+        assert cfg.recipe == name
+
+
+def test_overrides_apply_with_types():
+    cfg = load_config("addition", ["train.seed=3", "model.n_layer=3", "optim.lr=0.01", "device=cpu",
+                                   "data.answer=plain"])
+    assert cfg.train.seed == 3 and cfg.model.n_layer == 3 and cfg.optim.lr == 0.01
+    assert cfg.device == "cpu" and cfg.data.answer == "plain"
+
+
+def test_int_is_accepted_for_float():
+    cfg = load_config("addition", ["optim.lr=1"])
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+
+
+def test_unknown_key_names_closest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.sed'; did you mean 'train.seed'"):
+        load_config("addition", ["train.sed=3"])
+
+
+def test_unknown_section_names_closest():
+    with pytest.raises(ConfigError, match="did you mean 'train'"):
+        load_config("addition", ["trian.seed=3"])
+
+
+def test_wrong_type_names_expected_type():
+    with pytest.raises(ConfigError, match="model.n_layer = 'two' has the wrong type; expected int"):
+        load_config("addition", ["model.n_layer=two"])
+    with pytest.raises(ConfigError, match="expected bool"):
+        load_config("addition", ["train.compile=1"])
+
+
+def test_bad_choice_lists_choices():
+    with pytest.raises(ConfigError, match="expected one of 'plain', 'reversed'"):
+        load_config("addition", ["data.answer=backwards"])
+
+
+def test_unknown_recipe_lists_available():
+    with pytest.raises(ConfigError, match="unknown recipe 'additon'.*did you mean 'addition'.*available: .*addition"):
+        load_config("additon")
+
+
+def test_missing_recipe_file():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("/nonexistent/recipe.toml")
+
+
+def test_override_without_equals():
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("train.seed")
+
+
+def test_invalid_shape_is_explained():
+    with pytest.raises(ConfigError, match="divisible"):
+        load_config("addition", ["model.n_embd=65"])
+
+
+def test_recipe_from_file(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('task = "addition"\n[train]\nsteps = 7\n')
+    cfg = load_config(str(path))
+    assert cfg.recipe == "mine" and cfg.train.steps == 7
+
+
+def test_invalid_toml_is_a_config_error(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("[train\nsteps = 7\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(str(path))
+
+
+def test_toml_round_trip():
+    cfg = load_config("addition", ["train.seed=5", 'description="a \\"quoted\\" text"'])
+    again = config_from_dict(tomllib.loads(to_toml(cfg)))
+    assert again == cfg

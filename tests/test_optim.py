@@ -1,0 +1,105 @@
+import math
+
+import pytest
+import torch
+
+from speedrun.config import ModelConfig, OptimConfig
+from speedrun.model import GPT
+from speedrun.optim import NS_COEFFS, build_optimizer, lr_factor, newton_schulz, param_groups, set_lr
+
+
+def tiny_gpt() -> GPT:
+    torch.manual_seed(0)
+    return GPT(ModelConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=7, bias=True))
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (64, 16), (16, 48)])
+def test_newton_schulz_is_close_to_orthogonal(shape):
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    x = newton_schulz(g, dtype=torch.float32)
+    singular = torch.linalg.svdvals(x)
+    # The quintic iteration trades exactness for speed: singular values land in ~[0.7, 1.2].
+    assert singular.min() > 0.6 and singular.max() < 1.25
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    cosine = (x * (u @ vh)).sum() / (x.norm() * (u @ vh).norm())
+    assert cosine > 0.95  # it points where the exact orthogonal factor U V^T points
+
+
+def test_param_groups_adamw_decays_matrices_only():
+    model = tiny_gpt()
+    groups = param_groups(model, OptimConfig(name="adamw", weight_decay=0.1))
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in decayed) == (p.dim() >= 2), name
+    assert all(g["kind"] == "adamw" for g in groups)
+
+
+def test_param_groups_muon_takes_hidden_matrices_only():
+    model = tiny_gpt()
+    groups = param_groups(model, OptimConfig(name="muon"))
+    muon = {id(p) for g in groups if g["kind"] == "muon" for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in muon) == (name.startswith("blocks.") and p.dim() == 2), name
+    every = [p for g in groups for p in g["params"]]
+    assert len(every) == len({id(p) for p in every}) == len(list(model.parameters()))
+
+
+def test_muon_step_matches_direct_computation():
+    model = tiny_gpt()
+    cfg = OptimConfig(name="muon", muon_lr=0.05, muon_momentum=0.9, lr=0.0, weight_decay=0.0)
+    opt = build_optimizer(model, cfg)
+    w = model.blocks[0].mlp.fc.weight  # (64, 16): tall
+    before = w.detach().clone()
+    grads = []
+    for _ in range(2):
+        x = torch.randint(0, 7, (4, 8))
+        model(x, x)[1].backward()
+        grads.append(w.grad.detach().clone())
+        opt.step()
+        opt.zero_grad()
+        if len(grads) == 1:
+            after_one = w.detach().clone()
+    # Step 1: buffer = (1-m) g1; update = lerp(g1, buffer, m)
+    buf = (1 - 0.9) * grads[0]
+    update = grads[0] + 0.9 * (buf - grads[0])
+    expected = before - 0.05 * math.sqrt(64 / 16) * orthogonalise(update)
+    torch.testing.assert_close(after_one, expected, atol=1e-5, rtol=1e-4)
+    buf = 0.9 * buf + 0.1 * grads[1]
+    update = grads[1] + 0.9 * (buf - grads[1])
+    expected = after_one - 0.05 * 2 * orthogonalise(update)
+    torch.testing.assert_close(w.detach(), expected, atol=1e-5, rtol=1e-4)
+
+
+def orthogonalise(g: torch.Tensor) -> torch.Tensor:
+    """The quintic Newton-Schulz iteration written out for a tall matrix."""
+    a, b, c = NS_COEFFS
+    x = g.T / (g.norm() + 1e-7)
+    for _ in range(5):
+        gram = x @ x.T
+        x = a * x + b * gram @ x + c * gram @ gram @ x
+    return x.T
+
+
+def test_adamw_weights_move_and_lr_scales():
+    model = tiny_gpt()
+    opt = build_optimizer(model, OptimConfig(lr=1e-2))
+    set_lr(opt, 0.5)
+    assert all(g["lr"] == pytest.approx(0.5 * 1e-2) for g in opt.param_groups)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randint(0, 7, (4, 8))
+    model(x, x)[1].backward()
+    opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_schedules():
+    cos = OptimConfig(schedule="cosine", warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(cos, 0, 0.0) == pytest.approx(1 / 11)
+    assert lr_factor(cos, 10, 0.0) == pytest.approx(1.0)
+    assert lr_factor(cos, 50, 0.5) == pytest.approx(0.55)
+    assert lr_factor(cos, 99, 1.0) == pytest.approx(0.1)
+    wsd = OptimConfig(schedule="wsd", warmup_steps=0, warmdown_fraction=0.2, min_lr_ratio=0.0)
+    assert lr_factor(wsd, 5, 0.5) == 1.0 and lr_factor(wsd, 5, 0.8) == 1.0
+    assert lr_factor(wsd, 5, 0.9) == pytest.approx(0.5) and lr_factor(wsd, 5, 1.0) == pytest.approx(0.0)
+    const = OptimConfig(schedule="constant")
+    assert lr_factor(const, 5, 0.99) == 1.0
