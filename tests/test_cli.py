@@ -1,0 +1,74 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from speedrun.cli import main
+
+TINY = ["model.n_embd=16", "model.n_head=1", "train.steps=30", "train.batch_size=32", "train.log_every=10",
+        "train.eval_every=10", "dtype=float32"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", "addition", *TINY, "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_train_writes_run_directory(run_dir):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("recipe", "seed", "steps", "params", "train_seconds", "eval_seconds", "device", "dtype",
+                "torch_version", "git_commit", "metrics"):
+        assert key in summary, key
+    assert summary["recipe"] == "addition" and summary["steps"] == 30 and summary["dtype"] == "float32"
+    metrics = summary["metrics"]
+    assert metrics["evaluated"] == 1_000_000 and 0.0 <= metrics["exact_match"] <= 1.0
+    assert set(metrics["exact_match_by_carries"]) == {"0", "1", "2", "3"}
+    assert len(metrics["failures"]) <= 20
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "loss" in r] == [10, 20, 30]
+    assert any("val_loss" in r for r in lines)
+    assert "n_embd = 16" in (run_dir / "config.toml").read_text()
+    assert (run_dir / "checkpoints" / "last.safetensors").is_file()
+    assert "done: 30 steps" in (run_dir / "train.log").read_text()
+
+
+def test_sample_loads_checkpoint(run_dir, capsys):
+    assert main(["sample", str(run_dir), "--prompt", "123+456="]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("123+456=") and len(out) <= len("123+456=") + 4
+    assert all(c in "0123456789+=" for c in out)
+
+
+def test_sample_refuses_unknown_characters(run_dir, capsys):
+    assert main(["sample", str(run_dir), "--prompt", "12a+4="]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "'a'" in err and "vocabulary" in err
+
+
+def test_out_dir_not_empty_is_refused(run_dir, capsys):
+    assert main(["train", "addition", *TINY, "--out", str(run_dir)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (run_dir / "summary.json").is_file()  # nothing lost
+
+
+def test_recipes_lists_bundled(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert "addition " in out and "addition-reference" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "additon"], "unknown recipe 'additon'"),
+    (["train", "addition", "train.sed=1"], "did you mean 'train.seed'"),
+    (["train", "addition", "model.n_layer=two"], "expected int"),
+    (["sample", "/nonexistent/run", "--prompt", "1"], "does not exist"),
+])
+def test_user_errors_exit_2_without_traceback(args, message, tmp_path):
+    extra = ["--out", str(tmp_path / "x")] if args[0] == "train" else []
+    proc = subprocess.run([sys.executable, "-m", "speedrun", *args, *extra], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
