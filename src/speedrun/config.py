@@ -85,6 +85,28 @@ class AdditionData:
 
 
 @dataclass
+class TextData:
+    source: str = ""  # file, directory, glob, .jsonl, .parquet, or hf:NAME; `--data PATH` sets it
+    url: str = ""  # downloaded into the cache when no source is given
+    val_source: str = ""  # an explicit validation source instead of a split
+    text_field: str = "text"  # JSONL field, parquet column or hub dataset column
+    doc_per_line: bool = False  # each non-empty line of a text file is one document
+    val_fraction: float = 0.1
+    split_seed: int = 1337
+    tokenizer: Literal["char", "bpe"] = "char"
+    vocab_size: int = 4096  # BPE only
+    cache_dir: str = ""  # token cache; default ~/.cache/speedrun
+    hf_split: str = "train"
+    epochs: float = 0.0  # > 0: train for this many passes over the training tokens
+    eval_batches: int = 0  # > 0: a sampled estimate on this many batches between full evaluations
+    sample_tokens: int = 200  # text sampled at each evaluation; 0: none
+    sample_prompt: str = ""
+    temperature: float = 0.8
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+@dataclass
 class Config:
     task: str = "addition"
     recipe: str = ""
@@ -97,7 +119,7 @@ class Config:
     data: Any = field(default_factory=AdditionData)
 
 
-DATA_CONFIGS: dict[str, type] = {"addition": AdditionData}
+DATA_CONFIGS: dict[str, type] = {"addition": AdditionData, "text": TextData}
 
 
 def recipe_names() -> list[str]:
