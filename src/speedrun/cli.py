@@ -83,6 +83,15 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    print(write_report(args.run_dirs, args.out, args.baseline), end="")
+    out = Path(args.out) if args.out else Path(args.run_dirs[0])
+    print(f"\nwrote {out / 'learning_curves.png'}, {out / 'report.md'} and a submission/ folder in each run")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="speedrun", description="Train small GPTs from scratch, fast.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -106,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_sample)
+
+    rp = sub.add_parser("report", help="learning curves, a summary table and a submission folder per run")
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by `speedrun train`")
+    rp.add_argument("--out", help="folder for learning_curves.png and report.md (default: the first run's)")
+    rp.add_argument("--baseline", metavar="RECIPE",
+                    help="recipe each run's config is compared with (default: the run's own bundled recipe)")
+    rp.set_defaults(func=cmd_report)
     return p
 
 
