@@ -1,0 +1,311 @@
+import json
+import sys
+import types
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from speedrun.data import (DataError, build_tokenizer, download, load_documents, split_documents,
+                           token_dtype, tokenize_cached)
+from speedrun.tokenizer import EOT, BPETokenizer, CharTokenizer
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def jsonl(path, records):
+    return write(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def error(match, fn, *args, **kwargs) -> str:
+    """The DataError message, checked to be one line that says what to do."""
+    with pytest.raises(DataError, match=match) as info:
+        fn(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message and ";" in message
+    return message
+
+
+# ---------------------------------------------------------------- sources
+
+def test_text_file_is_one_document(tmp_path):
+    f = write(tmp_path / "shakespeare.txt", "First Citizen:\nBefore we proceed\n\nSpeak.\n")
+    assert load_documents(str(f)) == ["First Citizen:\nBefore we proceed\n\nSpeak.\n"]
+
+
+def test_doc_per_line_keeps_non_empty_lines(tmp_path):
+    f = write(tmp_path / "lines.txt", "one\r\ntwo\n\n   \nthree")
+    assert load_documents(str(f), doc_per_line=True) == ["one", "two", "three"]
+
+
+def test_directory_reads_every_txt_below_it_sorted(tmp_path):
+    write(tmp_path / "b.txt", "bee")
+    write(tmp_path / "a" / "z.txt", "zed")
+    write(tmp_path / "c.txt", "sea\nsee")
+    write(tmp_path / "notes.md", "not text data")
+    write(tmp_path / "meta.json", "{}")
+    write(tmp_path / ".git" / "x.txt", "hidden")
+    assert load_documents(str(tmp_path)) == ["zed", "bee", "sea\nsee"]
+    assert load_documents(str(tmp_path), doc_per_line=True) == ["zed", "bee", "sea", "see"]
+
+
+def test_glob_pattern(tmp_path):
+    for name in ("2.txt", "1.txt", "x.log"):
+        write(tmp_path / name, name)
+    assert load_documents(str(tmp_path / "*.txt")) == ["1.txt", "2.txt"]
+
+
+def test_jsonl_one_document_per_record(tmp_path):
+    f = jsonl(tmp_path / "d.jsonl", [{"text": "alpha", "id": 1}, {"text": "beta\n"}, {"text": ""}])
+    assert load_documents(str(f)) == ["alpha", "beta\n"]
+    g = jsonl(tmp_path / "e.jsonl", [{"story": "once"}, {"story": "upon"}])
+    assert load_documents(str(g), text_field="story") == ["once", "upon"]
+
+
+def test_json_array(tmp_path):
+    f = write(tmp_path / "d.json", json.dumps([{"text": "a"}, {"text": "b"}]))
+    assert load_documents(str(f)) == ["a", "b"]
+
+
+def test_parquet_one_document_per_row(tmp_path):
+    f = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": ["row one", None, "row two"], "n": [1, 2, 3]}), f)
+    assert load_documents(str(f)) == ["row one", "row two"]
+    assert load_documents(str(tmp_path)) == ["row one", "row two"]
+
+
+def test_saved_hugging_face_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict({"content": ["first story", "second story"], "n": [1, 2]})
+    ds.save_to_disk(str(tmp_path / "one"))
+    assert load_documents(str(tmp_path / "one"), text_field="content") == ["first story", "second story"]
+    datasets.DatasetDict(train=ds, validation=ds.select([1])).save_to_disk(str(tmp_path / "dict"))
+    assert load_documents(str(tmp_path / "dict"), text_field="content", hf_split="validation") == ["second story"]
+    message = error("no column 'text'", load_documents, str(tmp_path / "one"))
+    assert "content, n" in message
+    error("no split 'test'.*train, validation", load_documents, str(tmp_path / "dict"),
+          text_field="content", hf_split="test")
+
+
+def test_hub_dataset_name_config_and_split(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def load_dataset(name, config, split):
+        calls.append((name, config, split))
+        return datasets.Dataset.from_dict({"text": ["from the hub"]})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    assert load_documents("hf:user/stories:small", hf_split="validation") == ["from the hub"]
+    assert load_documents("hf:user/stories") == ["from the hub"]
+    assert calls == [("user/stories", "small", "validation"), ("user/stories", None, "train")]
+
+
+def test_hub_failure_offline_says_to_pass_a_path(monkeypatch):
+    def load_dataset(name, config, split):
+        raise ConnectionError("Couldn't reach 'user/stories' on the Hub (LocalEntryNotFoundError)\nmore")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    message = error("could not load hub dataset 'user/stories'", load_documents, "hf:user/stories")
+    assert "Couldn't reach" in message and "--data PATH" in message
+
+
+def test_hub_without_datasets_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
+    error(r"pip install 'speedrun\[hf\]'", load_documents, "hf:roneneldan/TinyStories")
+
+
+# ---------------------------------------------------------------- bad inputs
+
+def test_missing_path(tmp_path):
+    error("does not exist.*hf:NAME", load_documents, str(tmp_path / "nope.txt"))
+
+
+def test_glob_without_matches(tmp_path):
+    error("no files match", load_documents, str(tmp_path / "*.txt"))
+
+
+def test_empty_file_and_empty_directory(tmp_path):
+    error("has no text", load_documents, str(write(tmp_path / "empty.txt", "")))
+    error("has no text", load_documents, str(write(tmp_path / "blank.txt", "\n  \n")), doc_per_line=True)
+    (tmp_path / "dir").mkdir()
+    error("no .txt, .jsonl or .parquet files", load_documents, str(tmp_path / "dir"))
+
+
+def test_binary_file(tmp_path):
+    f = tmp_path / "model.txt"
+    f.write_bytes(b"abc\x00\x01\x02")
+    error(r"model.txt looks binary \(NUL byte at offset 3\)", load_documents, str(f))
+
+
+def test_non_utf8_file_names_the_offset_and_suggests_converting(tmp_path):
+    f = tmp_path / "latin.txt"
+    f.write_bytes("café au lait".encode("latin-1"))
+    message = error(r"latin.txt is not UTF-8 \(byte 0xe9 at offset 3\)", load_documents, str(f))
+    assert "iconv" in message
+
+
+def test_utf8_byte_order_mark_is_dropped(tmp_path):
+    f = tmp_path / "bom.txt"
+    f.write_bytes("\ufeffhello".encode("utf-8"))
+    assert load_documents(str(f)) == ["hello"]
+
+
+def test_jsonl_bad_line_and_missing_field_name_the_line(tmp_path):
+    f = write(tmp_path / "bad.jsonl", '{"text": "ok"}\n\n{"text": oops}\n')
+    error("bad.jsonl line 3 is not JSON", load_documents, str(f))
+    g = jsonl(tmp_path / "field.jsonl", [{"text": "ok"}, {"body": "x", "title": "y"}])
+    message = error("field.jsonl line 2 has no field 'text'", load_documents, str(g))
+    assert "fields: body, title" in message and "data.text_field" in message
+    h = jsonl(tmp_path / "type.jsonl", [{"text": 3}])
+    error("is a int, not a string", load_documents, str(h))
+
+
+def test_parquet_missing_or_non_text_column_lists_the_columns(tmp_path):
+    f = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"body": ["x"], "n": [1]}), f)
+    message = error("no column 'text'", load_documents, str(f))
+    assert "columns: body, n" in message
+    error("holds int64, not text", load_documents, str(f), text_field="n")
+
+
+# ---------------------------------------------------------------- download
+
+def test_download_caches_once(tmp_path, monkeypatch):
+    src = write(tmp_path / "input.txt", "to be or not to be")
+    monkeypatch.setenv("SPEEDRUN_CACHE", str(tmp_path / "cache"))
+    path = download(src.as_uri())
+    assert path.read_text() == "to be or not to be" and path.is_relative_to(tmp_path / "cache")
+    assert path.name.endswith("input.txt")
+    src.unlink()
+    assert download(src.as_uri()) == path  # reused, not fetched again
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary files left
+
+
+def test_download_failure_says_to_pass_a_path(tmp_path):
+    message = error("could not download", download, (tmp_path / "missing.txt").as_uri(), str(tmp_path / "c"))
+    assert "--data PATH" in message
+    assert not any((tmp_path / "c" / "downloads").iterdir())
+
+
+# ---------------------------------------------------------------- split
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(max_size=5), min_size=2, max_size=40), st.floats(0, 0.9), st.integers(0, 2**32 - 1))
+def test_split_documents_partitions_and_is_deterministic(docs, val_fraction, seed):
+    train, val = split_documents(docs, val_fraction, seed)
+    assert Counter(train) + Counter(val) == Counter(docs)
+    expected = round(val_fraction * len(docs))
+    if val_fraction > 0:
+        expected = max(expected, 1)
+    assert len(val) == min(expected, len(docs) - 1) and len(train) >= 1
+    assert split_documents(docs, val_fraction, seed) == (train, val)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(min_size=1, max_size=200), st.floats(0, 0.9))
+def test_split_single_document_is_contiguous(doc, val_fraction):
+    train, val = split_documents([doc], val_fraction, seed=0)
+    assert "".join(train + val) == doc and len(train) == 1
+    if val:
+        assert abs(len(val[0]) - val_fraction * len(doc)) <= 1
+
+
+def test_split_single_document_like_nanogpt():
+    doc = "".join(chr(97 + i % 26) for i in range(1000))
+    assert split_documents([doc], 0.1, seed=123) == ([doc[:900]], [doc[900:]])
+
+
+def test_split_depends_on_seed_and_rejects_bad_fractions():
+    docs = [f"doc {i}" for i in range(100)]
+    assert split_documents(docs, 0.1, 1)[1] != split_documents(docs, 0.1, 2)[1]
+    assert split_documents(docs, 0.0, 1) == (docs, [])
+    error("val_fraction", split_documents, docs, 1.0, 0)
+    error("no documents", split_documents, [], 0.1, 0)
+
+
+# ---------------------------------------------------------------- tokenizers and the token cache
+
+def test_build_char_tokenizer_adds_an_eot_symbol():
+    tok = build_tokenizer("char", ["hello", "world"])
+    assert isinstance(tok, CharTokenizer)
+    assert tok.chars == sorted(set("helloworld")) and tok.vocab_size == len(tok.chars) + 1
+    assert tok.eot == EOT and tok.decode([tok.eot_id]) == EOT
+
+
+def test_build_bpe_tokenizer():
+    docs = ["some words, some more words. "] * 10
+    tok = build_tokenizer("bpe", docs, vocab_size=300, special_tokens=["<|bos|>"])
+    assert isinstance(tok, BPETokenizer) and tok.vocab_size <= 300
+    assert tok.token_id("<|bos|>") != tok.eot_id
+    error("too small for byte-level BPE", build_tokenizer, "bpe", ["x"], vocab_size=200)
+    error("unknown tokenizer 'wordpiece'", build_tokenizer, "wordpiece", ["x"])
+
+
+class FakeTokenizer:
+    """Stands in for a tokenizer with a vocabulary too large for uint16."""
+
+    vocab_size = 70_000
+    eot_id = 69_999
+
+    def encode(self, text):
+        return [66_000 + ord(c) % 100 for c in text]
+
+    def to_json(self):
+        return '{"kind": "fake"}'
+
+
+def test_token_dtype_rule(tmp_path):
+    assert token_dtype(65_536) == np.uint16 and token_dtype(65_537) == np.uint32
+    ids = tokenize_cached(["ab", "c"], FakeTokenizer(), str(tmp_path))
+    assert ids.dtype == np.uint32 and ids.tolist() == [66_097, 66_098, 69_999, 66_099, 69_999]
+
+
+def test_tokens_have_eot_after_every_document(tmp_path):
+    docs = ["hello", "world!", "hi"]
+    tok = build_tokenizer("char", docs)
+    ids = tokenize_cached(docs, tok, str(tmp_path), name="train")
+    assert isinstance(ids, np.memmap) and ids.dtype == np.uint16 and not ids.flags.writeable
+    assert tok.decode(ids) == EOT.join(docs) + EOT
+    assert (ids == tok.eot_id).sum() == len(docs)
+
+
+def test_bpe_tokens_with_special_strings_in_text(tmp_path):
+    docs = ["a story " * 5, "text that mentions " + EOT + " literally"]
+    tok = build_tokenizer("bpe", docs, vocab_size=280)
+    ids = tokenize_cached(docs, tok, str(tmp_path))
+    assert (ids == tok.eot_id).sum() == 2 and ids[-1] == tok.eot_id
+    assert tok.decode(ids) == EOT.join(docs) + EOT
+
+
+def test_token_cache_hit_and_misses(tmp_path, monkeypatch):
+    docs = ["abc", "cab"]
+    tok = build_tokenizer("char", docs)
+    first = tokenize_cached(docs, tok, str(tmp_path), name="val")
+    files = sorted((tmp_path / "tokens").iterdir())
+    assert len(files) == 1 and files[0].name.startswith("val-")
+
+    def boom(*args, **kwargs):
+        raise AssertionError("encode called on a cache hit")
+
+    monkeypatch.setattr(tok, "encode", boom)
+    again = tokenize_cached(docs, tok, str(tmp_path), name="val")
+    assert np.array_equal(first, again)
+    monkeypatch.undo()
+
+    tokenize_cached(["abc", "cba"], tok, str(tmp_path), name="val")  # content changed
+    tokenize_cached(["ab", "cabc"], tok, str(tmp_path), name="val")  # same characters, new boundaries
+    tokenize_cached(docs, build_tokenizer("char", docs + ["z"]), str(tmp_path), name="val")  # tokenizer changed
+    assert len(list((tmp_path / "tokens").iterdir())) == 4
+
+
+def test_tokenize_nothing_is_an_error(tmp_path):
+    error("no documents", tokenize_cached, [], build_tokenizer("char", ["a"]), str(tmp_path))
