@@ -7,26 +7,42 @@ starting with `error:` and exit with code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from .checkpoint import CheckpointError
+from .data import DataError
 from .config import ConfigError, config_from_dict, load_config, recipe_description, recipe_names
 from .tokenizer import TokenizerError
 
-USER_ERRORS = (ConfigError, CheckpointError, TokenizerError)
+USER_ERRORS = (ConfigError, CheckpointError, TokenizerError, DataError)
 
 
 def cmd_train(args) -> int:
     from .device import setup_runtime
     from .rundir import RunDir
-    from .trainer import train
+    from .trainer import Interrupted, resume_config, train
 
-    cfg = load_config(args.recipe, args.overrides)
+    if args.resume:
+        if args.recipe or args.overrides or args.out or args.data:
+            raise ConfigError("--resume RUN_DIR continues a run with its own config; "
+                              "give no recipe, overrides, --out or --data with it")
+        run = RunDir(Path(args.resume))
+        cfg = resume_config(run)
+    else:
+        if not args.recipe:
+            raise ConfigError("name a recipe (see `speedrun recipes`) or give --resume RUN_DIR")
+        overrides = list(args.overrides) + ([f"data.source={json.dumps(args.data)}"] if args.data else [])
+        cfg = load_config(args.recipe, overrides)
+        run = None
     rt = setup_runtime(cfg.device, cfg.dtype)
-    run = RunDir.create(cfg, args.out)
+    run = run or RunDir.create(cfg, args.out)
     print(f"run directory: {run.path}", flush=True)
-    train(cfg, run, rt, progress=not args.quiet)
+    try:
+        train(cfg, run, rt, progress=not args.quiet, resume=bool(args.resume))
+    except Interrupted:
+        return 130
     return 0
 
 
@@ -97,9 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a recipe (bundled name or path to a .toml)")
-    t.add_argument("recipe", help="bundled recipe name (see `speedrun recipes`) or a TOML file")
+    t.add_argument("recipe", nargs="?", help="bundled recipe name (see `speedrun recipes`) or a TOML file")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.seed=3")
     t.add_argument("--out", help="run directory (default runs/<recipe>-<timestamp>); must be new or empty")
+    t.add_argument("--data", help="training text: a file, folder, glob, .jsonl, .parquet or hf:NAME "
+                                  "(sets data.source)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-step lines")
     t.set_defaults(func=cmd_train)
 

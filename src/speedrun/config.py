@@ -71,6 +71,8 @@ class TrainConfig:
     time_budget: float = 0.0  # seconds of training; 0: no budget
     target_val_loss: float = 0.0  # stop once val_loss <= target; 0: off
     compile: bool = False
+    tensorboard: bool = True  # event files in the run directory when tensorboard is installed
+    wandb_project: str = ""  # log to Weights & Biases too (pip install wandb)
 
 
 @dataclass

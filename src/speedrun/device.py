@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -34,12 +36,27 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
 
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def hardware() -> dict:
+    """The machine this runs on: CPU model, logical core count, GPU name if CUDA sees one."""
+    cpu = platform.processor() or platform.machine()
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu}
+
+
 def cpu_supports_bf16() -> bool:
     """True when this CPU has native bf16 matmul (AVX-512 BF16 or AMX)."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        flags = ""
+    flags = _cpuinfo()
     if " avx512_bf16" in flags or " amx_bf16" in flags:
         return True
     return torch.backends.mkldnn.is_available() and bool(

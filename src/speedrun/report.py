@@ -10,12 +10,11 @@ submission; they are just absent from the plots, and the report says so.
 from __future__ import annotations
 
 import json
-import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config, ConfigError, load_config, recipe_names, to_dict
+from .device import hardware
 from .rundir import _finite
 
 # Keys that name or describe a recipe rather than change what it trains.
@@ -171,22 +170,6 @@ def _fmt(value, spec: str) -> str:
 
 
 # Submission folder --------------------------------------------------------------------------
-
-def hardware() -> dict:
-    """The machine this runs on: CPU model, logical core count, GPU name if CUDA sees one."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu}
-
 
 def config_diff(baseline: Config, run: Config) -> list[str]:
     """`key: baseline -> run` for every setting that differs, values in TOML syntax."""

@@ -1,10 +1,12 @@
 """The run directory: everything a run leaves behind, in one folder.
 
     config.toml       the resolved config (recipe plus overrides)
-    metrics.jsonl     one JSON object per logged step or evaluation
+    metrics.jsonl     one JSON object per logged step or evaluation (and metrics.csv)
+    tensorboard/      the same metrics as TensorBoard event files
+    samples.txt       text sampled at each evaluation (text runs)
     train.log         the log lines printed during the run
     tokenizer.json    the tokenizer, to reload with the checkpoint
-    checkpoints/      last.safetensors (and best.safetensors for text runs)
+    checkpoints/      last.safetensors, and best.safetensors (lowest val_loss) for text runs
     summary.json      the outcome: time, steps, parameters, metrics
 """
 
@@ -48,10 +50,6 @@ class RunDir:
 
     def checkpoint(self, name: str = "last") -> Path:
         return self.checkpoints / f"{name}.safetensors"
-
-    def log_metrics(self, record: dict) -> None:
-        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(_finite(record)) + "\n")
 
     def log(self, line: str) -> None:
         with open(self.path / "train.log", "a", encoding="utf-8") as f:

@@ -1,21 +1,27 @@
 """The training loop, the same for every task.
 
 The clock (`train_seconds`) counts only optimizer steps and the batches they
-eat; evaluation and checkpointing are timed separately, so a run's speed is
-not flattered or penalised by how often it is checked.
+eat; evaluation, sampling and checkpointing are timed separately, so a run's
+speed is not flattered or penalised by how often it is checked.
+
+A checkpoint holds everything the loop's future depends on (weights,
+optimizer state, step, clocks, RNG states, the task's data position), so a
+run resumed from it on a CPU continues exactly as if it had never stopped.
 """
 
 from __future__ import annotations
 
 import platform
+import signal
 import sys
 import time
 
 import torch
 
-from .checkpoint import save_checkpoint
-from .config import Config, ConfigError, to_dict
-from .device import Runtime
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config, ConfigError, config_from_dict, to_dict
+from .device import Runtime, hardware
+from .metrics_log import MetricsLog
 from .model import GPT
 from .optim import build_optimizer, lr_factor, set_lr
 from .rundir import RunDir, git_commit
@@ -25,8 +31,8 @@ from .tasks import build_task
 class Clock:
     """Wall-clock seconds of one kind of work, synchronising CUDA before reading."""
 
-    def __init__(self, device: torch.device):
-        self.device, self.seconds, self._t0 = device, 0.0, None
+    def __init__(self, device: torch.device, seconds: float = 0.0):
+        self.device, self.seconds, self._t0 = device, seconds, None
 
     def __enter__(self):
         self._sync()
@@ -45,12 +51,12 @@ class Clock:
 class Progress:
     """A tqdm bar on a terminal; plain log lines every `log_every` steps otherwise."""
 
-    def __init__(self, total: int, enabled: bool):
+    def __init__(self, total: int, start: int, enabled: bool):
         self.bar = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, leave=True)
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, leave=True)
 
     def update(self, step: int, text: str, log_line: bool) -> None:
         if self.bar is not None:
@@ -68,6 +74,33 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class StopSignal:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints at the end of the step and exits."""
+
+    def __init__(self):
+        self.received = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Interrupted(Exception):
+    """Training stopped by a signal after writing a checkpoint."""
 
 
 def build_model(cfg: Config, task, rt: Runtime) -> GPT:
@@ -97,75 +130,196 @@ def train_step(step_fn, model, optimizer, task, cfg: Config, rt: Runtime, genera
     return loss
 
 
-def train(cfg: Config, run: RunDir, rt: Runtime, progress: bool = True) -> dict:
-    torch.manual_seed(cfg.train.seed)
-    task = build_task(cfg)
-    model = build_model(cfg, task, rt)
-    (run.path / "tokenizer.json").write_text(task.tokenizer.to_json(), encoding="utf-8")
-    optimizer = build_optimizer(model, cfg.optim)
-    step_fn = torch.compile(model) if cfg.train.compile else model
-    generator = torch.Generator().manual_seed(cfg.train.seed)
-    tc = cfg.train
-    train_clock, eval_clock, ckpt_clock = Clock(rt.device), Clock(rt.device), Clock(rt.device)
-    tokens_per_step = tc.batch_size * tc.grad_accum * task.block_size
-    bar = Progress(tc.steps, progress)
+def resume_config(run: RunDir) -> Config:
+    """The config a run was started with, from its last checkpoint."""
+    path = run.checkpoint("last")
+    if not path.exists():
+        raise ConfigError(f"cannot resume {run.path}: it has no checkpoint (checkpoints/last.safetensors)")
+    return config_from_dict(load_checkpoint(path)[1]["config"])
 
-    def say(line: str) -> None:
-        bar.write(line)
-        run.log(line)
 
-    say(f"speedrun {cfg.recipe or cfg.task}: {model.num_params():,} parameters on {rt.device} ({rt.dtype_name})")
-    step, eval_metrics, stopped_by = 0, {}, "steps"
-    while step < tc.steps:
-        if tc.time_budget > 0:
-            done_fraction = train_clock.seconds / tc.time_budget
-        else:
-            done_fraction = (step - cfg.optim.warmup_steps) / max(1, tc.steps - cfg.optim.warmup_steps)
-        lr_scale = lr_factor(cfg.optim, step, done_fraction)
-        with train_clock:
-            set_lr(optimizer, lr_scale)
-            loss = train_step(step_fn, model, optimizer, task, cfg, rt, generator)
-        step += 1
-        log_now = step % tc.log_every == 0 or step == tc.steps
-        if log_now:
-            loss_value = loss.item()
-            record = {"step": step, "loss": loss_value, "lr_scale": lr_scale,
-                      "train_seconds": train_clock.seconds,
-                      "tokens_per_second": step * tokens_per_step / max(train_clock.seconds, 1e-9)}
-            run.log_metrics(record)
-            run.log(f"step {step} loss {loss_value:.4f} {record['tokens_per_second']:,.0f} tok/s")
-        if log_now or bar.bar is not None:
-            bar.update(step, f"loss {loss.item():.4f}, {step * tokens_per_step / max(train_clock.seconds, 1e-9):,.0f} tok/s", log_now)
-        if tc.time_budget > 0 and train_clock.seconds >= tc.time_budget:
-            stopped_by = "time_budget"
-        if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
-            with eval_clock:
-                eval_metrics = task.evaluate(model, rt, step)
-            run.log_metrics({"step": step, "train_seconds": train_clock.seconds, **eval_metrics})
-            say(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()
-                                             if isinstance(v, float)))
-            if eval_metrics.get("done"):
-                stopped_by = "task_done"
-        if stopped_by != "steps":
-            break
-    bar.close()
+class Trainer:
+    def __init__(self, cfg: Config, run: RunDir, rt: Runtime, progress: bool = True):
+        self.cfg, self.run, self.rt, self.show_progress = cfg, run, rt, progress
+        torch.manual_seed(cfg.train.seed)
+        self.task = build_task(cfg)
+        self.model = build_model(cfg, self.task, rt)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.step_fn = torch.compile(self.model) if cfg.train.compile else self.model
+        self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        tc = cfg.train
+        self.tokens_per_step = tc.batch_size * tc.grad_accum * self.task.block_size
+        self.total_steps = tc.steps
+        if getattr(cfg.data, "epochs", 0) > 0:
+            self.total_steps = self.task.steps_for_epochs(self.tokens_per_step)
+        self.step = 0
+        self.train_clock, self.eval_clock, self.ckpt_clock = (Clock(rt.device) for _ in range(3))
+        self.best_val_loss = float("inf")
+        self.time_to_target = None
+        self.stopped_by = "steps"
+        (run.path / "tokenizer.json").write_text(self.task.tokenizer.to_json(), encoding="utf-8")
 
-    with ckpt_clock:
-        save_checkpoint(run.checkpoint("last"), model.state_dict(),
-                        {"config": to_dict(cfg), "step": step, "tokenizer": task.tokenizer.to_json()})
-    with eval_clock:
-        final = task.final_metrics(model, rt, step)
-    summary = {
-        "recipe": cfg.recipe, "task": cfg.task, "seed": tc.seed, "steps": step, "stopped_by": stopped_by,
-        "params": model.num_params(), "train_seconds": train_clock.seconds,
-        "eval_seconds": eval_clock.seconds, "checkpoint_seconds": ckpt_clock.seconds,
-        "tokens_per_second": step * tokens_per_step / max(train_clock.seconds, 1e-9),
-        "device": str(rt.device), "dtype": rt.dtype_name, "torch_version": torch.__version__,
-        "python_version": platform.python_version(), "git_commit": git_commit(),
-        "metrics": final,
-    }
-    run.write_json("summary.json", summary)
-    say(f"done: {step} steps in {train_clock.seconds:.1f}s of training, "
-        f"{eval_clock.seconds:.1f}s of evaluation; " +
-        ", ".join(f"{k} {v:.4f}" for k, v in final.items() if isinstance(v, float)))
-    return summary
+    # --- checkpoints ---------------------------------------------------
+    def save(self, name: str) -> None:
+        with self.ckpt_clock:
+            state = {
+                "config": to_dict(self.cfg), "step": self.step, "optimizer": self.optimizer.state_dict(),
+                "train_seconds": self.train_clock.seconds, "eval_seconds": self.eval_clock.seconds,
+                "checkpoint_seconds": self.ckpt_clock.seconds, "best_val_loss": self.best_val_loss,
+                "time_to_target": self.time_to_target, "tokenizer": self.task.tokenizer.to_json(),
+                "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
+                "task": self.task.state_dict() if hasattr(self.task, "state_dict") else {},
+            }
+            if torch.cuda.is_available():
+                state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+            save_checkpoint(self.run.checkpoint(name), self.model.state_dict(), state)
+
+    def resume(self) -> None:
+        model_state, state = load_checkpoint(self.run.checkpoint("last"))
+        try:
+            self.model.load_state_dict(model_state)
+        except RuntimeError as e:
+            raise ConfigError(f"checkpoint does not match the model in the config ({str(e).splitlines()[0]})") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        self.train_clock.seconds = state["train_seconds"]
+        self.eval_clock.seconds = state["eval_seconds"]
+        self.ckpt_clock.seconds = state["checkpoint_seconds"]
+        self.best_val_loss = state["best_val_loss"] if state["best_val_loss"] is not None else float("inf")
+        self.time_to_target = state["time_to_target"]
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["generator"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if state["task"]:
+            self.task.load_state_dict(state["task"])
+
+    # --- the loop ------------------------------------------------------
+    def say(self, line: str) -> None:
+        self.bar.write(line)
+        self.run.log(line)
+
+    def evaluate(self) -> dict:
+        with self.eval_clock:
+            metrics = self.task.evaluate(self.model, self.rt, self.step)
+        self.record_eval(metrics)
+        return metrics
+
+    def record_eval(self, metrics: dict, final: bool = False) -> None:
+        """Log an evaluation; keep the best checkpoint; note the target and early stops."""
+        sample = metrics.pop("sample", None)
+        if sample is not None:
+            with open(self.run.path / "samples.txt", "a", encoding="utf-8") as f:
+                f.write(f"--- step {self.step}{' (final)' if final else ''} ---\n{sample}\n")
+        self.metrics.log({"step": self.step, "train_seconds": self.train_clock.seconds,
+                              "tokens": self.step * self.tokens_per_step, **metrics})
+        self.say(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                                                  if isinstance(v, float)))
+        target = self.cfg.train.target_val_loss
+        val = metrics.get("val_loss")
+        full = metrics.get("eval", "full") == "full"
+        if val is not None and full and val < self.best_val_loss:
+            self.best_val_loss = val
+            self.save("best")
+        if target > 0 and val is not None and val <= target and self.time_to_target is None:
+            if full:
+                self.time_to_target = self.train_clock.seconds
+                if not final:
+                    self.stopped_by = "target"
+            else:  # a sampled estimate reached it: confirm on the whole split
+                with self.eval_clock:
+                    confirm = self.task.full_eval(self.model, self.rt)
+                self.record_eval(confirm, final)
+        if metrics.get("done"):
+            self.stopped_by = "task_done"
+
+    def run_loop(self) -> None:
+        cfg, tc = self.cfg, self.cfg.train
+        warmup = cfg.optim.warmup_steps
+        while self.step < self.total_steps:
+            if tc.time_budget > 0:
+                done_fraction = self.train_clock.seconds / tc.time_budget
+            else:
+                done_fraction = (self.step - warmup) / max(1, self.total_steps - warmup)
+            lr_scale = lr_factor(cfg.optim, self.step, done_fraction)
+            with self.train_clock:
+                set_lr(self.optimizer, lr_scale)
+                loss = train_step(self.step_fn, self.model, self.optimizer, self.task, cfg, self.rt, self.generator)
+            self.step += 1
+            log_now = self.step % tc.log_every == 0 or self.step == self.total_steps
+            if log_now or self.bar.bar is not None:
+                loss_value = loss.item()
+                tps = self.step * self.tokens_per_step / max(self.train_clock.seconds, 1e-9)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss_value} at step {self.step}; lower optim.lr or "
+                                             "raise optim.warmup_steps (the last good checkpoint is kept)")
+                self.bar.update(self.step, f"loss {loss_value:.4f}, {tps:,.0f} tok/s", log_now)
+            if log_now:
+                self.metrics.log({"step": self.step, "loss": loss_value, "lr_scale": lr_scale,
+                                      "train_seconds": self.train_clock.seconds,
+                                      "tokens": self.step * self.tokens_per_step, "tokens_per_second": tps})
+                self.run.log(f"step {self.step} loss {loss_value:.4f} {tps:,.0f} tok/s")
+            if tc.time_budget > 0 and self.train_clock.seconds >= tc.time_budget:
+                self.stopped_by = "time_budget"
+            if tc.eval_every and self.step % tc.eval_every == 0 and self.step < self.total_steps:
+                self.evaluate()
+                self.save("last")
+            if self.stop.received:
+                self.save("last")
+                raise Interrupted(self.stop.received)
+            if self.stopped_by != "steps":
+                break
+
+    def train(self, resume: bool = False) -> dict:
+        if resume:
+            self.resume()
+        self.bar = Progress(self.total_steps, self.step, self.show_progress)
+        verb = "resuming at step " + str(self.step) if resume else "training"
+        self.say(f"speedrun {self.cfg.recipe or self.cfg.task}: {verb}, {self.model.num_params():,} parameters "
+                 f"on {self.rt.device} ({self.rt.dtype_name})")
+        tc = self.cfg.train
+        with MetricsLog(self.run.path, None if tc.tensorboard else False, tc.wandb_project,
+                        to_dict(self.cfg)) as self.metrics:
+            try:
+                with StopSignal() as self.stop:
+                    self.run_loop()
+            except Interrupted as e:
+                self.bar.close()
+                self.say(f"stopped by {e} at step {self.step}; checkpoint written. "
+                         f"Resume with: speedrun train --resume {self.run.path}")
+                raise
+            finally:
+                self.bar.close()
+            self.save("last")
+            with self.eval_clock:
+                final = self.task.final_metrics(self.model, self.rt, self.step)
+            self.record_eval(final, final=True)
+            return self.write_summary(final)
+
+    def write_summary(self, final: dict) -> dict:
+        cfg = self.cfg
+        summary = {
+            "recipe": cfg.recipe, "task": cfg.task, "seed": cfg.train.seed, "steps": self.step,
+            "stopped_by": self.stopped_by, "params": self.model.num_params(),
+            "train_seconds": self.train_clock.seconds, "eval_seconds": self.eval_clock.seconds,
+            "checkpoint_seconds": self.ckpt_clock.seconds,
+            "tokens": self.step * self.tokens_per_step,
+            "tokens_per_second": self.step * self.tokens_per_step / max(self.train_clock.seconds, 1e-9),
+            "device": str(self.rt.device), "dtype": self.rt.dtype_name, "hardware": hardware(),
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(), "git_commit": git_commit(),
+            "metrics": final,
+        }
+        if "val_loss" in final:
+            summary["metrics"]["best_val_loss"] = self.best_val_loss
+            summary["target_val_loss"] = cfg.train.target_val_loss or None
+            summary["time_to_target"] = self.time_to_target
+        self.run.write_json("summary.json", summary)
+        self.say(f"done: {self.step} steps in {self.train_clock.seconds:.1f}s of training, "
+                 f"{self.eval_clock.seconds:.1f}s of evaluation; " +
+                 ", ".join(f"{k} {v:.4f}" for k, v in final.items() if isinstance(v, float)))
+        return summary
+
+
+def train(cfg: Config, run: RunDir, rt: Runtime, progress: bool = True, resume: bool = False) -> dict:
+    return Trainer(cfg, run, rt, progress).train(resume=resume)

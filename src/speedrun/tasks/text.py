@@ -1,0 +1,159 @@
+"""Language modelling on the user's text: batches, honest evaluation, samples.
+
+Validation scores every token of the validation split exactly once: the
+split is cut into consecutive windows of `block_size` targets and the last,
+shorter window is scored too, so nothing is dropped and the mean is over the
+tokens actually scored. `val_bpb` divides the summed loss (in bits) by the
+UTF-8 bytes of the text those targets stand for, which makes character-level
+and BPE models comparable; end-of-document tokens stand for no text and are
+left out of it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..config import TextData
+from ..data import DataError, build_tokenizer, download, load_documents, split_documents, tokenize_cached
+from ..device import Runtime
+from ..model import evaluating, generate
+
+
+def eval_windows(n_tokens: int, block_size: int) -> list[tuple[int, int]]:
+    """(start, length) windows whose targets cover tokens 1..n_tokens-1 exactly once."""
+    targets = n_tokens - 1
+    return [(s, min(block_size, targets - s)) for s in range(0, targets, block_size)]
+
+
+def token_byte_lengths(tokenizer) -> torch.Tensor:
+    """UTF-8 bytes each token id stands for (0 for special tokens)."""
+    lengths = torch.zeros(tokenizer.vocab_size, dtype=torch.float64)
+    for i in range(tokenizer.vocab_size):
+        lengths[i] = tokenizer.token_bytes(i)
+    return lengths
+
+
+class TextTask:
+    name = "text"
+
+    def __init__(self, cfg: TextData, block_size: int, seed: int, tokenizer=None):
+        self.cfg, self.block_size, self.seed = cfg, block_size, seed
+        source = cfg.source or (str(download(cfg.url, cfg.cache_dir)) if cfg.url else "")
+        if not source:
+            raise DataError("no training text: pass --data PATH (a file, folder, glob, .jsonl, .parquet or hf:NAME)")
+        docs = load_documents(source, cfg.text_field, cfg.doc_per_line, cfg.hf_split)
+        if cfg.val_source:
+            train_docs, val_docs = docs, load_documents(cfg.val_source, cfg.text_field, cfg.doc_per_line,
+                                                        cfg.hf_split)
+        else:
+            train_docs, val_docs = split_documents(docs, cfg.val_fraction, cfg.split_seed)
+        # A character vocabulary covers the validation text too, so no validation
+        # character is unencodable; BPE learns from the training text only.
+        vocab_docs = train_docs + val_docs if cfg.tokenizer == "char" else train_docs
+        self.tokenizer = tokenizer or build_tokenizer(cfg.tokenizer, vocab_docs, cfg.vocab_size)
+        self.train_tokens = tokenize_cached(train_docs, self.tokenizer, cfg.cache_dir, "train")
+        self.val_tokens = tokenize_cached(val_docs, self.tokenizer, cfg.cache_dir, "val")
+        for split, tokens in (("training", self.train_tokens), ("validation", self.val_tokens)):
+            if len(tokens) < block_size + 2:
+                raise DataError(f"the {split} text has {len(tokens)} tokens, fewer than one block of "
+                                f"{block_size + 1}; give more text or lower model.block_size")
+        self.token_bytes = token_byte_lengths(self.tokenizer)
+        self.windows_seen = 0  # data position for epoch-style passes
+
+    # --- training data -------------------------------------------------
+    def steps_for_epochs(self, tokens_per_step: int) -> int:
+        return max(1, math.ceil(self.cfg.epochs * len(self.train_tokens) / tokens_per_step))
+
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random windows; with data.epochs, consecutive slices of a per-epoch shuffle of
+        non-overlapping windows, so each epoch sees every training token once."""
+        T = self.block_size
+        if self.cfg.epochs > 0:
+            n_windows = (len(self.train_tokens) - 1) // T
+            starts = []
+            for _ in range(batch_size):
+                epoch, k = divmod(self.windows_seen, n_windows)
+                order = self._epoch_order(epoch, n_windows)
+                starts.append(int(order[k]) * T)
+                self.windows_seen += 1
+            starts = np.array(starts)
+        else:
+            starts = torch.randint(len(self.train_tokens) - T - 1, (batch_size,), generator=generator).numpy()
+        rows = torch.from_numpy(self.train_tokens[starts[:, None] + np.arange(T + 1)].astype(np.int64))
+        return rows[:, :-1], rows[:, 1:]
+
+    def _epoch_order(self, epoch: int, n_windows: int) -> np.ndarray:
+        if getattr(self, "_order_epoch", None) != epoch:
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(n_windows)
+            self._order_epoch = epoch
+        return self._order
+
+    def state_dict(self) -> dict:
+        return {"windows_seen": self.windows_seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.windows_seen = int(state["windows_seen"])
+
+    # --- evaluation ----------------------------------------------------
+    @torch.inference_mode()
+    def score(self, model, rt: Runtime, windows: list[tuple[int, int]], batch_size: int = 64) -> dict:
+        """Sums over the targets of `windows`: loss in nats (all tokens), loss in bits
+        on tokens that stand for text, token count and UTF-8 byte count."""
+        total = {"nats": 0.0, "text_bits": 0.0, "tokens": 0, "bytes": 0.0}
+        by_length: dict[int, list[int]] = {}
+        for start, length in windows:
+            by_length.setdefault(length, []).append(start)
+        with evaluating(model):
+            for length, starts in by_length.items():
+                for i in range(0, len(starts), batch_size):
+                    s = np.array(starts[i:i + batch_size])
+                    rows = torch.from_numpy(self.val_tokens[s[:, None] + np.arange(length + 1)].astype(np.int64))
+                    with rt.autocast():
+                        logits = model(rows[:, :-1].to(rt.device))
+                    y = rows[:, 1:].reshape(-1)
+                    losses = torch.nn.functional.cross_entropy(
+                        logits.float().reshape(-1, logits.size(-1)), y.to(rt.device), reduction="none").double().cpu()
+                    nbytes = self.token_bytes[y]
+                    total["nats"] += losses.sum().item()
+                    total["text_bits"] += losses[nbytes > 0].sum().item() / math.log(2)
+                    total["tokens"] += y.numel()
+                    total["bytes"] += nbytes.sum().item()
+        return total
+
+    def full_eval(self, model, rt: Runtime) -> dict:
+        s = self.score(model, rt, eval_windows(len(self.val_tokens), self.block_size))
+        val_loss = s["nats"] / s["tokens"]
+        return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0)),
+                "val_bpb": s["text_bits"] / max(s["bytes"], 1.0), "val_tokens": s["tokens"], "eval": "full"}
+
+    def sampled_eval(self, model, rt: Runtime, step: int, batch_size: int = 64) -> dict:
+        """A cheaper estimate on random windows (data.eval_batches batches), seeded by step."""
+        g = np.random.default_rng([self.seed, step])
+        starts = g.integers(0, len(self.val_tokens) - self.block_size - 1, self.cfg.eval_batches * batch_size)
+        s = self.score(model, rt, [(int(st), self.block_size) for st in starts], batch_size)
+        return {"val_loss": s["nats"] / s["tokens"], "eval": "sampled"}
+
+    def sample(self, model, rt: Runtime, step: int) -> str:
+        tok = self.tokenizer
+        prompt = tok.encode(self.cfg.sample_prompt) if self.cfg.sample_prompt else [tok.eot_id]
+        g = torch.Generator().manual_seed(self.seed + step)
+        idx = torch.tensor([prompt[-(self.block_size - 1):]], device=rt.device)
+        with evaluating(model), rt.autocast():
+            out = generate(model, idx, self.cfg.sample_tokens, self.cfg.temperature, self.cfg.top_k,
+                           self.cfg.top_p, generator=g)
+        return tok.decode(out[0, len(prompt):].tolist())
+
+    def evaluate(self, model, rt: Runtime, step: int) -> dict:
+        metrics = self.sampled_eval(model, rt, step) if self.cfg.eval_batches else self.full_eval(model, rt)
+        if self.cfg.sample_tokens:
+            metrics["sample"] = self.sample(model, rt, step)
+        return metrics
+
+    def final_metrics(self, model, rt: Runtime, step: int) -> dict:
+        metrics = self.full_eval(model, rt)
+        if self.cfg.sample_tokens:
+            metrics["sample"] = self.sample(model, rt, step)
+        return metrics

@@ -1,0 +1,164 @@
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given
+from hypothesis import strategies as st
+
+from speedrun import trainer as trainer_module
+from speedrun.config import load_config
+from speedrun.device import setup_runtime
+from speedrun.rundir import RunDir
+from speedrun.tasks.text import TextTask, eval_windows
+from speedrun.trainer import Interrupted, Trainer
+
+RT = setup_runtime("cpu", "float32")
+TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16", "train.batch_size=4",
+        "train.log_every=1", "dtype=float32", "data.sample_tokens=8", "data.tokenizer=char"]
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEEDRUN_CACHE", str(tmp_path / "cache"))
+    words = ["to", "be", "or", "not", "that", "is", "the", "question", "café", "naïve"]
+    lines = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(8)) for i in range(150)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def make_trainer(tmp_path, corpus, *overrides, name="run"):
+    cfg = load_config("shakespeare-char", TINY + [f"data.source={json.dumps(str(corpus))}", *overrides])
+    run = RunDir.create(cfg, str(tmp_path / name))
+    return Trainer(cfg, run, RT, progress=False)
+
+
+@given(st.integers(2, 5000), st.integers(1, 300))
+def test_eval_windows_cover_every_target_once(n_tokens, block):
+    windows = eval_windows(n_tokens, block)
+    covered = [start + 1 + i for start, length in windows for i in range(length)]
+    assert covered == list(range(1, n_tokens))
+    assert all(1 <= length <= block for _, length in windows)
+
+
+class Uniform(nn.Module):
+    """Equal logits for every token: the loss of each target is exactly ln(V)."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, idx, targets=None):
+        return torch.zeros(*idx.shape, self.vocab)
+
+
+def test_full_eval_scores_every_token_and_bpb_by_hand(corpus):
+    cfg = load_config("shakespeare-char", TINY + [f"data.source={json.dumps(str(corpus))}"]).data
+    task = TextTask(cfg, block_size=16, seed=0)
+    n_val = len(task.val_tokens)
+    assert (n_val - 1) % (16 * 64) != 0  # the tail is a partial window and a partial batch
+    vocab = task.tokenizer.vocab_size
+    result = task.full_eval(Uniform(vocab), RT)
+    assert result["val_tokens"] == n_val - 1
+    assert result["val_loss"] == pytest.approx(math.log(vocab))
+    targets = task.val_tokens[1:]
+    text = "".join(task.tokenizer.decode([t]) for t in targets if t != task.tokenizer.eot_id)
+    n_text = sum(1 for t in targets if t != task.tokenizer.eot_id)
+    expected_bpb = n_text * math.log2(vocab) / len(text.encode("utf-8"))
+    assert "é" in text or "ï" in text  # multi-byte characters make bytes != characters
+    assert result["val_bpb"] == pytest.approx(expected_bpb)
+
+
+def test_training_run_writes_text_outputs(tmp_path, corpus):
+    t = make_trainer(tmp_path, corpus, "train.steps=12", "train.eval_every=6")
+    summary = t.train()
+    assert summary["steps"] == 12 and summary["metrics"]["eval"] == "full"
+    assert summary["metrics"]["val_bpb"] > 0 and summary["time_to_target"] is None
+    run = t.run.path
+    assert (run / "checkpoints" / "best.safetensors").is_file() and (run / "checkpoints" / "last.safetensors").is_file()
+    assert (run / "samples.txt").read_text().count("--- step") == 2
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_loss" in r] == [6, 12]
+    assert all("tokens_per_second" in r for r in records if "loss" in r)
+
+
+def test_time_budget_stops_and_anneals(tmp_path, corpus):
+    t = make_trainer(tmp_path, corpus, "train.steps=100000", "train.time_budget=1.5", "optim.schedule=cosine",
+                     "optim.warmup_steps=0", "optim.min_lr_ratio=0.1")
+    summary = t.train()
+    assert summary["stopped_by"] == "time_budget" and summary["steps"] < 100000
+    assert 1.5 <= summary["train_seconds"] < 4.0
+    records = [json.loads(x) for x in (t.run.path / "metrics.jsonl").read_text().splitlines()]
+    scales = [r["lr_scale"] for r in records if "lr_scale" in r]
+    assert scales[0] > 0.95 and scales[-1] < 0.15  # it annealed to the end of the budget
+
+
+def test_target_stops_and_records_time(tmp_path, corpus):
+    t = make_trainer(tmp_path, corpus, "train.steps=50", "train.eval_every=5", "train.target_val_loss=20.0")
+    summary = t.train()
+    assert summary["stopped_by"] == "target" and summary["steps"] == 5
+    assert summary["time_to_target"] == pytest.approx(summary["train_seconds"])
+    assert summary["target_val_loss"] == 20.0
+
+
+def test_sampled_estimate_is_labelled_and_confirmed_before_target(tmp_path, corpus):
+    t = make_trainer(tmp_path, corpus, "train.steps=50", "train.eval_every=5", "train.target_val_loss=20.0",
+                     "data.eval_batches=1")
+    summary = t.train()
+    records = [json.loads(x) for x in (t.run.path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["eval"] for r in records if "eval" in r]
+    assert evals[:2] == ["sampled", "full"] and summary["stopped_by"] == "target"
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, corpus, monkeypatch):
+    args = ("train.steps=24", "train.eval_every=8", "optim.name=muon", "model.dropout=0.1")
+    whole = make_trainer(tmp_path, corpus, *args, name="whole").train()
+
+    real_step, calls = trainer_module.train_step, []
+
+    def step_then_interrupt(*a, **kw):
+        loss = real_step(*a, **kw)
+        calls.append(1)
+        if len(calls) == 13:  # not at an evaluation boundary
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(trainer_module, "train_step", step_then_interrupt)
+    part = make_trainer(tmp_path, corpus, *args, name="part")
+    with pytest.raises(Interrupted):
+        part.train()
+    monkeypatch.setattr(trainer_module, "train_step", real_step)
+    cfg = trainer_module.resume_config(part.run)
+    resumed = Trainer(cfg, part.run, RT, progress=False).train(resume=True)
+
+    def losses(name):
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+
+    assert losses("part") == losses("whole")
+    assert resumed["metrics"]["val_loss"] == whole["metrics"]["val_loss"]
+    assert resumed["steps"] == whole["steps"] == 24
+
+
+def test_epochs_visit_every_window_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEEDRUN_CACHE", str(tmp_path / "cache"))
+    rng = torch.Generator().manual_seed(0)
+    letters = "abcdefghijklmnopqrstuvwxyz "
+    text = "".join(letters[i] for i in torch.randint(len(letters), (3000,), generator=rng).tolist())
+    corpus = tmp_path / "random.txt"
+    corpus.write_text(text)  # random letters: no two windows have the same content
+    cfg = load_config("headlines", TINY + [f"data.source={json.dumps(str(corpus))}", "data.epochs=1.0",
+                                           "data.doc_per_line=false"]).data
+    task = TextTask(cfg, block_size=16, seed=0)
+    n_windows = (len(task.train_tokens) - 1) // 16
+    seen = []
+    g = torch.Generator()
+    for _ in range(n_windows // 4):
+        x, _ = task.train_batch(4, g)
+        seen += [tuple(row.tolist()) for row in x]
+    expected = {tuple(task.train_tokens[i * 16:(i + 1) * 16].tolist()) for i in range(n_windows)}
+    assert set(seen) <= expected and len(seen) == len(set(seen)) == (n_windows // 4) * 4
