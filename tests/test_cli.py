@@ -72,3 +72,31 @@ def test_user_errors_exit_2_without_traceback(args, message, tmp_path):
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_text_run_from_the_command_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SPEEDRUN_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40)
+    out = tmp_path / "run"
+    args = ["train", "shakespeare-char", "--data", str(corpus), "--out", str(out), "--quiet", "train.steps=6",
+            "train.eval_every=3", "model.n_layer=1", "model.n_embd=16", "model.block_size=16",
+            "train.batch_size=4", "data.sample_tokens=5", "train.tensorboard=false"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["metrics"]["val_bpb"] > 0
+    capsys.readouterr()
+    assert main(["sample", str(out), "--prompt", "First", "--max-new-tokens", "40", "--temperature", "0.8",
+                 "--top-k", "5"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("First") and len(text) > len("First")
+    assert main(["sample", str(out), "--prompt", "Zebra™"]) == 2
+    assert "outside this model's vocabulary" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "train.steps=9"]) == 2
+    assert "give no recipe, overrides" in capsys.readouterr().err
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "shakespeare-char", "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "nope.txt" in err

@@ -26,9 +26,9 @@ def tiny(**kw) -> GPT:
 def test_kv_cache_generation_equals_full_recompute(kw):
     model = tiny(**kw)
     prompt = torch.randint(0, 11, (3, 5), generator=torch.Generator().manual_seed(0))
-    with_cache = generate(model, prompt, 15, use_cache=True)
-    without = generate(model, prompt, 15, use_cache=False)
-    assert torch.equal(with_cache, without)
+    with_cache = generate(model, prompt, 40, use_cache=True)  # past block_size (24) too
+    without = generate(model, prompt, 40, use_cache=False)
+    assert with_cache.shape == (3, 45) and torch.equal(with_cache, without)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     assert torch.equal(generate(model, prompt, 10, temperature=1.0, top_k=5, generator=g1),
                        generate(model, prompt, 10, temperature=1.0, top_k=5, generator=g2, use_cache=False))

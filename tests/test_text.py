@@ -103,6 +103,10 @@ def test_target_stops_and_records_time(tmp_path, corpus):
     assert summary["stopped_by"] == "target" and summary["steps"] == 5
     assert summary["time_to_target"] == pytest.approx(summary["train_seconds"])
     assert summary["target_val_loss"] == 20.0
+    t = make_trainer(tmp_path, corpus, "train.steps=12", "train.eval_every=5", "train.target_val_loss=20.0",
+                     "train.stop_at_target=false", name="go-on")
+    summary = t.train()
+    assert summary["steps"] == 12 and summary["time_to_target"] < summary["train_seconds"]
 
 
 def test_sampled_estimate_is_labelled_and_confirmed_before_target(tmp_path, corpus):

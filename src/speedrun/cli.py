@@ -80,18 +80,14 @@ def cmd_sample(args) -> int:
     from .model import generate
 
     model, tok, cfg, rt = load_run_model(args.run_dir, args.device)
-    ids = tok.encode(args.prompt)
-    if not ids:
-        raise ConfigError("--prompt is empty; give the text to continue, e.g. --prompt '123+456='")
-    if len(ids) >= cfg.model.block_size:
-        raise ConfigError(f"prompt is {len(ids)} tokens but the model sees at most "
-                          f"{cfg.model.block_size - 1} before answering; shorten it")
+    # No prompt: start a fresh document, after an end-of-document token.
+    start = tok.encode(args.prompt) if args.prompt else [tok.eot_id]
     generator = torch.Generator().manual_seed(args.seed)
-    idx = torch.tensor([ids], device=rt.device)
+    idx = torch.tensor([start], device=rt.device)
     with rt.autocast():
         out = generate(model, idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                       stop_token=getattr(tok, "eot_id", None), generator=generator)
-    text = tok.decode(out[0, len(ids):].tolist())
+                       top_p=args.top_p, stop_token=tok.eot_id, generator=generator)
+    text = tok.decode(out[0, len(start):].tolist())
     eot = getattr(tok, "eot", None)
     if eot and text.endswith(eot):
         text = text[: -len(eot)]
@@ -127,10 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="continue a prompt with a trained run's checkpoint")
     s.add_argument("run_dir")
-    s.add_argument("--prompt", required=True)
+    s.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
     s.add_argument("--max-new-tokens", type=int, default=200)
     s.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy argmax")
     s.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens; 0: all")
+    s.add_argument("--top-p", type=float, default=1.0, help="sample from the smallest set of tokens "
+                                                            "holding this probability; 1: all")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_sample)
@@ -145,7 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after options (`--data x train.steps=5`); argparse
+    # collects positionals only before the first option, so gather the rest here.
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    if args.command == "train" and overrides:
+        args.overrides = list(args.overrides) + overrides
+        extra = [a for a in extra if a not in overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except USER_ERRORS as e:

@@ -69,7 +69,8 @@ class TrainConfig:
     log_every: int = 50
     eval_every: int = 0  # 0: only at the end
     time_budget: float = 0.0  # seconds of training; 0: no budget
-    target_val_loss: float = 0.0  # stop once val_loss <= target; 0: off
+    target_val_loss: float = 0.0  # record time_to_target once val_loss <= target; 0: off
+    stop_at_target: bool = True  # stop training when the target is reached
     compile: bool = False
     tensorboard: bool = True  # event files in the run directory when tensorboard is installed
     wandb_project: str = ""  # log to Weights & Biases too (pip install wandb)

@@ -181,18 +181,23 @@ def evaluating(model: nn.Module):
 def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, stop_token: int | None = None,
              generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
-    """Continue idx (B, T). temperature 0 is greedy argmax, not a tiny temperature."""
+    """Continue idx (B, T). temperature 0 is greedy argmax, not a tiny temperature.
+
+    The model sees at most its last block_size tokens. With the KV cache, only the
+    new token is fed at each step; once the cache holds a full block it is rebuilt
+    from the last block_size tokens, so the result equals recomputing without it.
+    """
     block = model.cfg.block_size
-    max_new_tokens = min(max_new_tokens, block - idx.shape[1]) if use_cache else max_new_tokens
-    cache = model.new_cache() if use_cache else None
-    pos, feed = 0, idx
+    cache, pos, feed = None, 0, idx[:, -block:]
     for _ in range(max_new_tokens):
-        if use_cache:
-            logits = model(feed, cache=cache, start=pos, last=1)[:, -1].float()
-            pos += feed.shape[1]
+        if not use_cache:
+            logits = model(idx[:, -block:], last=1)
         else:
-            logits = model(idx[:, -block:], last=1)[:, -1].float()
-        nxt = sample_next(logits, temperature, top_k, top_p, generator)
+            if cache is None or pos + feed.shape[1] > block:
+                cache, pos, feed = model.new_cache(), 0, idx[:, -block:]
+            logits = model(feed, cache=cache, start=pos, last=1)
+            pos += feed.shape[1]
+        nxt = sample_next(logits[:, -1].float(), temperature, top_k, top_p, generator)
         idx = torch.cat((idx, nxt), dim=1)
         feed = nxt
         if stop_token is not None and bool((nxt == stop_token).all()):

@@ -224,7 +224,7 @@ class Trainer:
         if target > 0 and val is not None and val <= target and self.time_to_target is None:
             if full:
                 self.time_to_target = self.train_clock.seconds
-                if not final:
+                if not final and self.cfg.train.stop_at_target:
                     self.stopped_by = "target"
             else:  # a sampled estimate reached it: confirm on the whole split
                 with self.eval_clock:

@@ -1,0 +1,84 @@
+"""Tiny Shakespeare benchmark (by hand, not in CI): `nanogpt-cpu` against `shakespeare-char`.
+
+Runs the two recipes side by side on the same text, alternating, each in its own
+process, and prints for each run: val loss at the end (whole validation split),
+time_to_target for val loss 1.8857 (nanoGPT's result for its CPU recipe), tokens
+per second; then medians and the ratio of the times to target.
+
+    python benchmarks/text.py [--data ../shared/data/tinyshakespeare.txt] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+TARGET = 1.8857  # nanoGPT's val loss at step 2000 of its CPU recipe on this machine
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def run(recipe: str, data: Path, out: Path, extra: list[str]) -> dict:
+    # Evaluate often enough that time_to_target is not rounded up to a coarse grid;
+    # evaluation time is excluded from train_seconds either way.
+    cmd = [sys.executable, "-m", "speedrun", "train", recipe, f"train.target_val_loss={TARGET}",
+           "train.stop_at_target=false", "train.eval_every=100", "data.sample_tokens=0",
+           "train.tensorboard=false", *extra, "--data", str(data), "--out", str(out), "--quiet"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return json.loads((out / "summary.json").read_text())
+
+
+def fmt(x, spec=".2f"):
+    return "-" if x is None else format(x, spec)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--runs", type=int, default=1, help="runs of each recipe (medians need 3 or more)")
+    parser.add_argument("--baseline", default="nanogpt-cpu")
+    parser.add_argument("--recipe", default="shakespeare-char")
+    args = parser.parse_args()
+    if not args.data.is_file():
+        sys.exit(f"error: {args.data} not found; pass --data PATH to tinyshakespeare.txt")
+
+    results: dict[str, list[dict]] = {args.baseline: [], args.recipe: []}
+    print(f"{'recipe':<18} {'run':>3} {'val_loss':>9} {'val_bpb':>8} {'time_to_target_s':>17} "
+          f"{'train_s':>8} {'steps':>6} {'tokens/s':>10} {'dtype':>9}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.runs):
+            for recipe in results:
+                s = run(recipe, args.data, Path(tmp) / f"{recipe}-{i}", [])
+                results[recipe].append(s)
+                m = s["metrics"]
+                print(f"{recipe:<18} {i:>3} {m['val_loss']:>9.4f} {m['val_bpb']:>8.4f} "
+                      f"{fmt(s['time_to_target']):>17} {s['train_seconds']:>8.1f} {s['steps']:>6} "
+                      f"{s['tokens_per_second']:>10,.0f} {s['dtype']:>9}", flush=True)
+
+    def med(recipe, key):
+        values = [s[key] for s in results[recipe] if s[key] is not None]
+        return statistics.median(values) if len(values) == len(results[recipe]) else None
+
+    print()
+    for recipe, runs in results.items():
+        losses = [s["metrics"]["val_loss"] for s in runs]
+        ttt = [s["time_to_target"] for s in runs]
+        print(f"{recipe}: val_loss median {statistics.median(losses):.4f} (min {min(losses):.4f}, max {max(losses):.4f}); "
+              f"time_to_target median {fmt(med(recipe, 'time_to_target'))} s "
+              f"(runs: {', '.join(fmt(t) for t in ttt)}); tokens/s median {med(recipe, 'tokens_per_second'):,.0f}")
+    base, ours = med(args.baseline, "time_to_target"), med(args.recipe, "time_to_target")
+    if base and ours:
+        print(f"time to val loss {TARGET}: {args.recipe} takes 1/{base / ours:.2f} of {args.baseline}'s time "
+              f"({ours:.1f} s vs {base:.1f} s)")
+    else:
+        print(f"time-to-target ratio unavailable: a run never reached {TARGET}")
+    print(f"{args.baseline} final val_loss vs nanoGPT's {TARGET}: "
+          f"{statistics.median(s['metrics']['val_loss'] for s in results[args.baseline]) - TARGET:+.4f}")
+
+
+if __name__ == "__main__":
+    main()
