@@ -66,12 +66,13 @@ class Attention(nn.Module):
 
     def forward(self, x, rotary, cache, start):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).unbind(2)
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)
+        qk, v = qkv[:, :, :2], qkv[:, :, 2]  # queries and keys normed and rotated in one go
         if self.qk_norm:
-            q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
+            qk = F.rms_norm(qk, (self.head_dim,))
         if self.rope:
-            cos, sin = rotary[0][start:start + T, None], rotary[1][start:start + T, None]
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            qk = apply_rotary(qk, rotary[0][start:start + T, None, None], rotary[1][start:start + T, None, None])
+        q, k = qk.unbind(2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             if cache:  # append this chunk's keys and values to the ones already seen
