@@ -27,8 +27,12 @@ def test_peak_is_measured_and_cached(tmp_path, monkeypatch):
         return real(device, dtype, size=size, seconds=seconds)
 
     monkeypatch.setattr("speedrun.flops.measure_peak", counting)
+    torch.manual_seed(0)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(0)
     first = peak_flops(torch.device("cpu"), torch.float32)
     assert first > 1e8 and peak_flops(torch.device("cpu"), torch.float32) == first
     assert calls == [torch.float32]
+    assert torch.equal(torch.rand(3), expected_draw)  # measuring did not move the global RNG
     peak_flops(torch.device("cpu"), torch.float32, refresh=True)
     assert len(calls) == 2 and (tmp_path / "peak_flops.json").is_file()

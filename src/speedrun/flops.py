@@ -30,8 +30,9 @@ def flops_per_token(model, context: int) -> float:
 
 def measure_peak(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 1.0) -> float:
     """Best observed FLOP/s of size x size matmuls in `dtype` on `device`."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
+    g = torch.Generator(device=device).manual_seed(0)  # leave the global RNG, and so training, untouched
+    a = torch.randn(size, size, device=device, dtype=dtype, generator=g)
+    b = torch.randn(size, size, device=device, dtype=dtype, generator=g)
     best, deadline = 0.0, time.perf_counter() + seconds
     for i in range(100):
         if device.type == "cuda":
