@@ -20,7 +20,19 @@ class TokenizerError(ValueError):
     """Text the tokenizer cannot encode."""
 
 
-class CharTokenizer:
+class SpecialTokens:
+    """Lookup of special tokens by name, shared by both tokenizers (`special_ids`)."""
+
+    special_ids: dict[str, int]
+
+    def token_id(self, special: str) -> int:
+        if special not in self.special_ids:
+            raise TokenizerError(f"{special!r} is not a special token of this tokenizer; "
+                                 f"it has: {', '.join(self.special_ids) or 'none'}")
+        return self.special_ids[special]
+
+
+class CharTokenizer(SpecialTokens):
     """One token per character of `chars`, then one per special symbol that is
     not itself a character (such as "<|endoftext|>"). A special symbol that is a
     character of the alphabet, like addition's "\\n", is just that character."""
@@ -50,12 +62,6 @@ class CharTokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)
-
-    def token_id(self, special: str) -> int:
-        if special not in self.special_ids:
-            raise TokenizerError(f"{special!r} is not a special token of this tokenizer; "
-                                 f"it has: {', '.join(self.special_ids) or 'none'}")
-        return self.special_ids[special]
 
     def token_bytes(self, i: int) -> int:
         """UTF-8 bytes of text token `i` stands for; 0 for a special symbol."""
@@ -87,7 +93,7 @@ class CharTokenizer:
         return cls(data["chars"], eot=data.get("eot"), specials=data.get("specials", []))
 
 
-class BPETokenizer:
+class BPETokenizer(SpecialTokens):
     """Byte-level BPE (GPT-2 style) on Hugging Face `tokenizers`: every string
     encodes, since any byte is in the base alphabet, and decodes back exactly."""
 
@@ -126,12 +132,6 @@ class BPETokenizer:
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
-
-    def token_id(self, special: str) -> int:
-        if special not in self.special_ids:
-            raise TokenizerError(f"{special!r} is not a special token of this tokenizer; "
-                                 f"it has: {', '.join(self.special_ids)}")
-        return self.special_ids[special]
 
     def token_bytes(self, i: int) -> int:
         """UTF-8 bytes of text token `i` stands for; 0 for a special token."""
