@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -108,3 +109,13 @@ def test_bench_peak_prints_both_dtypes(tmp_path, monkeypatch, capsys):
     assert main(["bench", "peak", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "float32 matmul peak:" in out and "bfloat16 matmul peak:" in out and "GFLOP/s" in out
+
+
+def test_diverging_loss_stops_with_the_step_named(tmp_path, capsys):
+    out = tmp_path / "nan"
+    args = ["train", "addition", *TINY, "optim.name=adamw", "optim.lr=1e30", "optim.grad_clip=0.0",
+            "optim.warmup_steps=0", "train.eval_every=0", "train.log_every=1", "--out", str(out), "--quiet"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert re.match(r"error: loss is (nan|-?inf) at step \d+: training diverged", err) and "lower optim.lr" in err
+    assert "training diverged" in (out / "train.log").read_text()

@@ -22,7 +22,7 @@ USER_ERRORS = (ConfigError, CheckpointError, TokenizerError, DataError)
 def cmd_train(args) -> int:
     from .device import setup_runtime
     from .rundir import RunDir
-    from .trainer import Interrupted, resume_config, train
+    from .trainer import Diverged, Interrupted, resume_config, train
 
     if args.resume:
         if args.recipe or args.overrides or args.out or args.data:
@@ -43,6 +43,9 @@ def cmd_train(args) -> int:
         train(cfg, run, rt, progress=not args.quiet, resume=bool(args.resume))
     except Interrupted:
         return 130
+    except Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -104,6 +104,10 @@ class Interrupted(Exception):
     """Training stopped by a signal after writing a checkpoint."""
 
 
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite; the last checkpoint written before it is kept."""
+
+
 def build_model(cfg: Config, task, rt: Runtime) -> GPT:
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = task.tokenizer.vocab_size
@@ -257,9 +261,11 @@ class Trainer:
             if log_now or self.bar.bar is not None:
                 loss_value = loss.item()
                 tps = self.step * self.tokens_per_step / max(self.train_clock.seconds, 1e-9)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss_value} at step {self.step}; lower optim.lr or "
-                                             "raise optim.warmup_steps (the last good checkpoint is kept)")
+                if not torch.isfinite(loss):  # checked at every logged step
+                    message = (f"loss is {loss_value} at step {self.step}: training diverged; lower optim.lr "
+                               f"or raise optim.warmup_steps (checkpoints from before step {self.step} are kept)")
+                    self.run.log(message)
+                    raise Diverged(message)
                 self.bar.update(self.step, f"loss {loss_value:.4f}, {tps:,.0f} tok/s", log_now)
             if log_now:
                 self.metrics.log({"step": self.step, "loss": loss_value, "lr_scale": lr_scale,
