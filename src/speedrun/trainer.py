@@ -200,6 +200,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         if state["task"]:
             self.task.load_state_dict(state["task"])
+        self.run.truncate_metrics(self.step)
 
     def mfu(self, tokens_per_second: float) -> float:
         """Model FLOPs utilisation against the measured matmul peak of the dtype in use."""
