@@ -85,3 +85,32 @@ def test_toml_round_trip():
     cfg = load_config("addition", ["train.seed=5", 'description="a \\"quoted\\" text"'])
     again = config_from_dict(tomllib.loads(to_toml(cfg)))
     assert again == cfg
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from speedrun.config import Config
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31), layers=st.integers(1, 64), lr=st.floats(1e-6, 10.0, allow_nan=False),
+       compile_=st.booleans(), description=st.text(max_size=30))
+def test_overrides_round_trip_through_toml(seed, layers, lr, compile_, description):
+    cfg = load_config("addition", [f"train.seed={seed}", f"model.n_layer={layers}", f"optim.lr={lr!r}",
+                                   f"train.compile={'true' if compile_ else 'false'}"])
+    cfg.description = description
+    assert (cfg.train.seed, cfg.model.n_layer, cfg.optim.lr, cfg.train.compile) == (seed, layers, lr, compile_)
+    assert config_from_dict(tomllib.loads(to_toml(cfg))) == cfg
+
+
+@settings(max_examples=60, deadline=None)
+@given(key=st.from_regex(r"[a-z_]{1,12}", fullmatch=True))
+def test_any_unknown_key_is_a_config_error(key):
+    valid = {f.name for f in Config.__dataclass_fields__.values()}
+    if key in valid:
+        return
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config("addition", [f"{key}=1"])
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config("addition", [f"train.{key}x=1"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
@@ -259,8 +260,8 @@ def to_toml(cfg: Config) -> str:
     def scalar(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, str):  # JSON's escapes are TOML's; TOML also wants DEL escaped
+            return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
         return repr(v)
 
     top, tables = [], []
