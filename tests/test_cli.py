@@ -119,3 +119,13 @@ def test_diverging_loss_stops_with_the_step_named(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert re.match(r"error: loss is (nan|-?inf) at step \d+: training diverged", err) and "lower optim.lr" in err
     assert "training diverged" in (out / "train.log").read_text()
+
+
+def test_text_shorter_than_a_block_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SPEEDRUN_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "short.txt"
+    corpus.write_text("To be, or not to be.\n" * 3)
+    assert main(["train", "shakespeare-char", "--data", str(corpus), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "fewer than one block" in err and "lower model.block_size" in err
+    assert not (tmp_path / "r").exists()  # nothing half-made is left to block a retry

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -41,6 +42,10 @@ def cmd_train(args) -> int:
     print(f"run directory: {run.path}", flush=True)
     try:
         train(cfg, run, rt, progress=not args.quiet, resume=bool(args.resume))
+    except USER_ERRORS:
+        if not args.resume and not run.checkpoints.exists():
+            shutil.rmtree(run.path)  # a run that never started leaves no folder to clash with a retry
+        raise
     except Interrupted:
         return 130
     except Diverged as e:
