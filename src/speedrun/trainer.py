@@ -224,7 +224,7 @@ class Trainer:
             with open(self.run.path / "samples.txt", "a", encoding="utf-8") as f:
                 f.write(f"--- step {self.step}{' (final)' if final else ''} ---\n{sample}\n")
         self.metrics.log({"step": self.step, "train_seconds": self.train_clock.seconds,
-                              "tokens": self.step * self.tokens_per_step, **metrics})
+                          "tokens": self.step * self.tokens_per_step, **metrics})
         self.say(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                                   if isinstance(v, float)))
         target = self.cfg.train.target_val_loss
@@ -270,9 +270,9 @@ class Trainer:
                 self.bar.update(self.step, f"loss {loss_value:.4f}, {tps:,.0f} tok/s", log_now)
             if log_now:
                 self.metrics.log({"step": self.step, "loss": loss_value, "lr_scale": lr_scale,
-                                      "train_seconds": self.train_clock.seconds,
-                                      "tokens": self.step * self.tokens_per_step, "tokens_per_second": tps,
-                                      "mfu": self.mfu(tps)})
+                                  "train_seconds": self.train_clock.seconds,
+                                  "tokens": self.step * self.tokens_per_step, "tokens_per_second": tps,
+                                  "mfu": self.mfu(tps)})
                 self.run.log(f"step {self.step} loss {loss_value:.4f} {tps:,.0f} tok/s")
             if tc.time_budget > 0 and self.train_clock.seconds >= tc.time_budget:
                 self.stopped_by = "time_budget"
