@@ -21,6 +21,7 @@ USER_ERRORS = (ConfigError, CheckpointError, TokenizerError, DataError)
 
 
 def cmd_train(args) -> int:
+    from . import distributed
     from .device import setup_runtime
     from .rundir import RunDir
     from .trainer import Diverged, Interrupted, resume_config, train
@@ -38,20 +39,27 @@ def cmd_train(args) -> int:
         cfg = load_config(args.recipe, overrides)
         run = None
     rt = setup_runtime(cfg.device, cfg.dtype)
-    run = run or RunDir.create(cfg, args.out)
-    print(f"run directory: {run.path}", flush=True)
+    dist = distributed.init(distributed.from_environment(), rt.device)
     try:
-        train(cfg, run, rt, progress=not args.quiet, resume=bool(args.resume))
-    except USER_ERRORS:
-        if not args.resume and not run.checkpoints.exists():
-            shutil.rmtree(run.path)  # a run that never started leaves no folder to clash with a retry
-        raise
-    except Interrupted:
-        return 130
-    except Diverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        if run is None:  # rank 0 makes the run directory; the others use its path
+            path = distributed.share(dist, str(RunDir.create(cfg, args.out).path) if dist.is_main else None)
+            run = RunDir(Path(path))
+        if dist.is_main:
+            print(f"run directory: {run.path}" + (f" ({dist.world} processes)" if dist.enabled else ""), flush=True)
+        try:
+            train(cfg, run, rt, progress=not args.quiet, resume=bool(args.resume), dist=dist)
+        except USER_ERRORS:
+            if dist.is_main and not args.resume and not run.checkpoints.exists():
+                shutil.rmtree(run.path)  # a run that never started leaves no folder to clash with a retry
+            raise
+        except Interrupted:
+            return 130
+        except Diverged as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        distributed.close(dist)
 
 
 def cmd_recipes(args) -> int:

@@ -93,11 +93,21 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def setup_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
-    """Resolve device and dtype, and use every core this process may run on."""
+    """Resolve device and dtype, and use every core this process may run on.
+
+    Under torchrun each process takes the GPU of its local rank, or on CPUs its
+    share of the cores.
+    """
     dev = pick_device(device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if dev.type == "cuda" and dev.index is None and local_world > 1:
+        dev = torch.device("cuda", local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     if dev.type == "cpu":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        torch.set_num_threads(max(1, cores or 1))
+        torch.set_num_threads(max(1, (cores or 1) // local_world))
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

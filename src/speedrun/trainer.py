@@ -11,6 +11,8 @@ run resumed from it on a CPU continues exactly as if it had never stopped.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import platform
 import signal
 import sys
@@ -18,6 +20,7 @@ import time
 
 import torch
 
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, config_from_dict, to_dict
 from .device import Runtime, hardware
@@ -120,19 +123,35 @@ def build_model(cfg: Config, task, rt: Runtime) -> GPT:
     return GPT(cfg.model).to(rt.device)
 
 
-def train_step(step_fn, model, optimizer, task, cfg: Config, rt: Runtime, generator) -> torch.Tensor:
-    """One optimizer step over grad_accum micro-batches; returns the last micro-batch's loss."""
-    for _ in range(cfg.train.grad_accum):
+def train_step(step_fn, model, optimizer, task, cfg: Config, rt: Runtime, generator,
+               d: distributed.Dist = distributed.Dist()) -> torch.Tensor:
+    """One optimizer step over the global batch of grad_accum micro-batches.
+
+    Every process draws all micro-batches (so the generator and data position
+    stay the same everywhere) and trains on every world-th one; DDP averages the
+    gradients over processes, so the update equals one process doing all of them.
+    Returns the mean loss of this process's micro-batches.
+    """
+    accum = cfg.train.grad_accum
+    mine = [i for i in range(accum) if i % d.world == d.rank]
+    total = torch.zeros((), device=rt.device)
+    for i in range(accum):
         x, y = task.train_batch(cfg.train.batch_size, generator)
+        if i not in mine:
+            continue
         x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
-        with rt.autocast():
+        # DDP all-reduces gradients on the last local backward only.
+        sync = contextlib.nullcontext() if i == mine[-1] or not d.enabled else step_fn.no_sync()
+        with sync, rt.autocast():
             _, loss = step_fn(x, y)
-        (loss / cfg.train.grad_accum).backward()
+        with sync:
+            (loss / len(mine)).backward()
+        total += loss.detach()
     if cfg.optim.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss
+    return total / len(mine)
 
 
 def resume_config(run: RunDir) -> Config:
@@ -143,14 +162,31 @@ def resume_config(run: RunDir) -> Config:
     return config_from_dict(load_checkpoint(path)[1]["config"])
 
 
+class NoLog:
+    """What processes other than rank 0 log to."""
+
+    def log(self, record: dict) -> None:
+        pass
+
+
 class Trainer:
-    def __init__(self, cfg: Config, run: RunDir, rt: Runtime, progress: bool = True):
-        self.cfg, self.run, self.rt, self.show_progress = cfg, run, rt, progress
+    def __init__(self, cfg: Config, run: RunDir, rt: Runtime, progress: bool = True,
+                 dist: distributed.Dist = distributed.Dist()):
+        self.cfg, self.run, self.rt, self.dist = cfg, run, rt, dist
+        self.show_progress = progress and dist.is_main
+        if cfg.train.grad_accum % dist.world:
+            raise ConfigError(f"train.grad_accum={cfg.train.grad_accum} must be a multiple of the "
+                              f"{dist.world} processes, so the global batch stays the same")
         torch.manual_seed(cfg.train.seed)
         self.task = build_task(cfg)
         self.model = build_model(cfg, self.task, rt)
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.step_fn = torch.compile(self.model) if cfg.train.compile else self.model
+        wrapped = self.model
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            wrapped = DistributedDataParallel(self.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        self.step_fn = torch.compile(wrapped) if cfg.train.compile else wrapped
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         tc = cfg.train
         self.tokens_per_step = tc.batch_size * tc.grad_accum * self.task.block_size
@@ -164,10 +200,13 @@ class Trainer:
         self.best_val_loss = float("inf")
         self.time_to_target = None
         self.stopped_by = "steps"
-        (run.path / "tokenizer.json").write_text(self.task.tokenizer.to_json(), encoding="utf-8")
+        if dist.is_main:
+            (run.path / "tokenizer.json").write_text(self.task.tokenizer.to_json(), encoding="utf-8")
 
     # --- checkpoints ---------------------------------------------------
     def save(self, name: str) -> None:
+        if not self.dist.is_main:
+            return
         with self.ckpt_clock:
             state = {
                 "config": to_dict(self.cfg), "step": self.step, "optimizer": self.optimizer.state_dict(),
@@ -200,7 +239,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         if state["task"]:
             self.task.load_state_dict(state["task"])
-        self.run.truncate_metrics(self.step)
+        if self.dist.is_main:
+            self.run.truncate_metrics(self.step)
 
     def mfu(self, tokens_per_second: float) -> float:
         """Model FLOPs utilisation against the measured matmul peak of the dtype in use."""
@@ -208,8 +248,9 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------
     def say(self, line: str) -> None:
-        self.bar.write(line)
-        self.run.log(line)
+        if self.dist.is_main:
+            self.bar.write(line)
+            self.run.log(line)
 
     def evaluate(self) -> dict:
         with self.eval_clock:
@@ -256,16 +297,19 @@ class Trainer:
             lr_scale = lr_factor(cfg.optim, self.step, done_fraction)
             with self.train_clock:
                 set_lr(self.optimizer, lr_scale)
-                loss = train_step(self.step_fn, self.model, self.optimizer, self.task, cfg, self.rt, self.generator)
+                loss = train_step(self.step_fn, self.model, self.optimizer, self.task, cfg, self.rt,
+                                  self.generator, self.dist)
             self.step += 1
             log_now = self.step % tc.log_every == 0 or self.step == self.total_steps
             if log_now or self.bar.bar is not None:
-                loss_value = loss.item()
+                # the mean over all processes at logged steps (every process takes part)
+                loss_value = distributed.mean(self.dist, loss.item()) if log_now else loss.item()
                 tps = self.step * self.tokens_per_step / max(self.train_clock.seconds, 1e-9)
-                if not torch.isfinite(loss):  # checked at every logged step
+                # checked at every logged step (and every step a progress bar shows, alone)
+                if not math.isfinite(loss_value) and (log_now or not self.dist.enabled):
                     message = (f"loss is {loss_value} at step {self.step}: training diverged; lower optim.lr "
                                f"or raise optim.warmup_steps (checkpoints from before step {self.step} are kept)")
-                    self.run.log(message)
+                    self.say(message)
                     raise Diverged(message)
                 self.bar.update(self.step, f"loss {loss_value:.4f}, {tps:,.0f} tok/s", log_now)
             if log_now:
@@ -273,16 +317,21 @@ class Trainer:
                                   "train_seconds": self.train_clock.seconds,
                                   "tokens": self.step * self.tokens_per_step, "tokens_per_second": tps,
                                   "mfu": self.mfu(tps)})
-                self.run.log(f"step {self.step} loss {loss_value:.4f} {tps:,.0f} tok/s")
+                if self.dist.is_main:
+                    self.run.log(f"step {self.step} loss {loss_value:.4f} {tps:,.0f} tok/s")
             if tc.time_budget > 0 and self.train_clock.seconds >= tc.time_budget:
                 self.stopped_by = "time_budget"
             if tc.eval_every and self.step % tc.eval_every == 0 and self.step < self.total_steps:
-                self.evaluate()
+                if self.dist.is_main:
+                    self.evaluate()
                 self.save("last")
-            if self.stop.received:
+            # Every process stops at the same step: a signal or a stop reason anywhere stops all.
+            interrupted = distributed.any_rank(self.dist, self.stop.received is not None)
+            if interrupted:
                 self.save("last")
-                raise Interrupted(self.stop.received)
-            if self.stopped_by != "steps":
+                raise Interrupted(self.stop.received or "a signal to another process")
+            if distributed.any_rank(self.dist, self.stopped_by != "steps"):
+                self.stopped_by = distributed.share(self.dist, self.stopped_by)
                 break
 
     def train(self, resume: bool = False) -> dict:
@@ -293,6 +342,11 @@ class Trainer:
         self.say(f"speedrun {self.cfg.recipe or self.cfg.task}: {verb}, {self.model.num_params():,} parameters "
                  f"on {self.rt.device} ({self.rt.dtype_name})")
         tc = self.cfg.train
+        if not self.dist.is_main:
+            self.metrics = NoLog()
+            with StopSignal() as self.stop:
+                self.run_loop()
+            return {}
         with MetricsLog(self.run.path, None if tc.tensorboard else False, tc.wandb_project,
                         to_dict(self.cfg)) as self.metrics:
             try:
@@ -340,5 +394,6 @@ class Trainer:
         return summary
 
 
-def train(cfg: Config, run: RunDir, rt: Runtime, progress: bool = True, resume: bool = False) -> dict:
-    return Trainer(cfg, run, rt, progress).train(resume=resume)
+def train(cfg: Config, run: RunDir, rt: Runtime, progress: bool = True, resume: bool = False,
+          dist: distributed.Dist = distributed.Dist()) -> dict:
+    return Trainer(cfg, run, rt, progress, dist).train(resume=resume)

@@ -1,0 +1,70 @@
+"""Data parallelism through torchrun: 2 CPU processes (gloo) train like 1 with the same global batch."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ARGS = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=8",
+        "train.grad_accum=2", "train.steps=30", "train.eval_every=10", "train.log_every=5",
+        "data.sample_tokens=0", "train.tensorboard=false", "optim.name=muon", "--quiet"]
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEEDRUN_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "corpus.txt"
+    path.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog {i * 7 % 13}\n"
+                            for i in range(400)))
+    return path
+
+
+def launch(processes, *args):
+    if processes == 1:
+        return [sys.executable, "-m", "speedrun", *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            "-m", "speedrun", *args]
+
+
+def losses(run):
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+
+
+def test_two_processes_match_one_and_resume_across(tmp_path, corpus):
+    one, two, part = tmp_path / "one", tmp_path / "two", tmp_path / "part"
+    subprocess.run(launch(1, "train", "shakespeare-char", "--data", str(corpus), "--out", str(one), *ARGS),
+                   check=True, capture_output=True)
+    proc = subprocess.run(launch(2, "train", "shakespeare-char", "--data", str(corpus), "--out", str(two), *ARGS),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "(2 processes)" in proc.stdout
+    a, b = losses(one), losses(two)
+    assert sorted(a) == sorted(b) == [5, 10, 15, 20, 25, 30]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4), step
+    val = lambda run: json.loads((run / "summary.json").read_text())["metrics"]["val_loss"]
+    assert val(two) == pytest.approx(val(one), rel=1e-4)
+
+    # A one-process run stopped part-way resumes under two processes and ends where the others did.
+    p = subprocess.Popen(launch(1, "train", "shakespeare-char", "--data", str(corpus), "--out", str(part), *ARGS),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (part / "checkpoints" / "last.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait() == 130, "the run ended before it could be stopped"
+    proc = subprocess.run(launch(2, "train", "--resume", str(part)), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert val(part) == pytest.approx(val(one), rel=1e-4)
+
+
+def test_grad_accum_must_divide_among_processes(tmp_path, corpus):
+    args = [a for a in ARGS if not a.startswith("train.grad_accum")] + ["train.grad_accum=3"]
+    proc = subprocess.run(launch(2, "train", "shakespeare-char", "--data", str(corpus), "--out", str(tmp_path / "x"),
+                                 *args), capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "must be a multiple of the 2 processes" in proc.stderr + proc.stdout
