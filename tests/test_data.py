@@ -309,3 +309,18 @@ def test_token_cache_hit_and_misses(tmp_path, monkeypatch):
 
 def test_tokenize_nothing_is_an_error(tmp_path):
     error("no documents", tokenize_cached, [], build_tokenizer("char", ["a"]), str(tmp_path))
+
+
+DOCS = st.lists(st.text(min_size=1, max_size=30).filter(lambda t: not t.isspace()), min_size=1, max_size=20)
+
+
+@settings(max_examples=40, deadline=None)
+@given(DOCS)
+def test_jsonl_and_parquet_give_back_every_document(tmp_path_factory, docs):
+    folder = tmp_path_factory.mktemp("prop")
+    jsonl = folder / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    assert load_documents(str(jsonl)) == docs
+    parquet = folder / "docs.parquet"
+    pq.write_table(pa.table({"text": docs}), parquet)
+    assert load_documents(str(parquet)) == docs

@@ -166,3 +166,37 @@ def test_epochs_visit_every_window_once(tmp_path, monkeypatch):
         seen += [tuple(row.tolist()) for row in x]
     expected = {tuple(task.train_tokens[i * 16:(i + 1) * 16].tolist()) for i in range(n_windows)}
     assert set(seen) <= expected and len(seen) == len(set(seen)) == (n_windows // 4) * 4
+
+
+def spike_at(trainer, calls_with_nan):
+    """Make the token embedding emit NaN on the given forward calls (1-based)."""
+    count = [0]
+
+    def hook(module, args, output):
+        count[0] += 1
+        return output * float("nan") if count[0] in calls_with_nan else output
+
+    trainer.model.tok_emb.register_forward_hook(hook)
+
+
+def test_isolated_nonfinite_step_is_skipped_when_allowed(tmp_path, corpus):
+    t = make_trainer(tmp_path, corpus, "train.steps=12", "train.skip_nonfinite=1", "train.eval_every=0")
+    spike_at(t, {5})
+    summary = t.train()
+    assert summary["steps"] == 12 and math.isfinite(summary["metrics"]["val_loss"])
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())
+    assert "update skipped (1 of train.skip_nonfinite=1)" in (t.run.path / "train.log").read_text()
+
+
+def test_nonfinite_loss_stops_naming_the_step(tmp_path, corpus):
+    from speedrun.trainer import Diverged
+
+    t = make_trainer(tmp_path, corpus, "train.steps=12", "train.eval_every=0", name="stop")
+    spike_at(t, {5})
+    with pytest.raises(Diverged, match="at step 5: training diverged"):
+        t.train()
+    t = make_trainer(tmp_path, corpus, "train.steps=12", "train.skip_nonfinite=1", "train.eval_every=0",
+                     name="twice")
+    spike_at(t, {3, 7})
+    with pytest.raises(Diverged, match="not finite at 2 steps, the last at step 7"):
+        t.train()

@@ -73,6 +73,7 @@ class TrainConfig:
     target_val_loss: float = 0.0  # record time_to_target once val_loss <= target; 0: off
     stop_at_target: bool = True  # stop training when the target is reached
     compile: bool = False
+    skip_nonfinite: int = 0  # steps with a NaN/inf loss whose update may be dropped before stopping
     tensorboard: bool = True  # event files in the run directory when tensorboard is installed
     wandb_project: str = ""  # log to Weights & Biases too (pip install wandb)
 

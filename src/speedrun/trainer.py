@@ -124,13 +124,14 @@ def build_model(cfg: Config, task, rt: Runtime) -> GPT:
 
 
 def train_step(step_fn, model, optimizer, task, cfg: Config, rt: Runtime, generator,
-               d: distributed.Dist = distributed.Dist()) -> torch.Tensor:
+               d: distributed.Dist = distributed.Dist()) -> tuple[torch.Tensor, bool]:
     """One optimizer step over the global batch of grad_accum micro-batches.
 
     Every process draws all micro-batches (so the generator and data position
     stay the same everywhere) and trains on every world-th one; DDP averages the
     gradients over processes, so the update equals one process doing all of them.
-    Returns the mean loss of this process's micro-batches.
+    Returns the mean loss of this process's micro-batches, and whether the update
+    was dropped because the loss was not finite (with train.skip_nonfinite only).
     """
     accum = cfg.train.grad_accum
     mine = [i for i in range(accum) if i % d.world == d.rank]
@@ -147,11 +148,13 @@ def train_step(step_fn, model, optimizer, task, cfg: Config, rt: Runtime, genera
         with sync:
             (loss / len(mine)).backward()
         total += loss.detach()
-    if cfg.optim.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-    optimizer.step()
+    skip = cfg.train.skip_nonfinite > 0 and distributed.any_rank(d, not bool(torch.isfinite(total)))
+    if not skip:
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total / len(mine)
+    return total / len(mine), skip
 
 
 def resume_config(run: RunDir) -> Config:
@@ -200,6 +203,7 @@ class Trainer:
         self.best_val_loss = float("inf")
         self.time_to_target = None
         self.stopped_by = "steps"
+        self.skipped_steps = 0
         if dist.is_main:
             (run.path / "tokenizer.json").write_text(self.task.tokenizer.to_json(), encoding="utf-8")
 
@@ -297,16 +301,25 @@ class Trainer:
             lr_scale = lr_factor(cfg.optim, self.step, done_fraction)
             with self.train_clock:
                 set_lr(self.optimizer, lr_scale)
-                loss = train_step(self.step_fn, self.model, self.optimizer, self.task, cfg, self.rt,
-                                  self.generator, self.dist)
+                loss, skipped = train_step(self.step_fn, self.model, self.optimizer, self.task, cfg, self.rt,
+                                           self.generator, self.dist)
             self.step += 1
+            if skipped:
+                self.skipped_steps += 1
+                self.say(f"step {self.step}: loss is {loss.item()}, update skipped "
+                         f"({self.skipped_steps} of train.skip_nonfinite={tc.skip_nonfinite})")
+                self.metrics.log({"step": self.step, "skipped_nonfinite": self.skipped_steps})
+                if self.skipped_steps > tc.skip_nonfinite:
+                    raise Diverged(f"loss was not finite at {self.skipped_steps} steps, the last at step "
+                                   f"{self.step}: training diverged; lower optim.lr or raise optim.warmup_steps "
+                                   f"(checkpoints from before step {self.step} are kept)")
             log_now = self.step % tc.log_every == 0 or self.step == self.total_steps
             if log_now or self.bar.bar is not None:
                 # the mean over all processes at logged steps (every process takes part)
                 loss_value = distributed.mean(self.dist, loss.item()) if log_now else loss.item()
                 tps = self.step * self.tokens_per_step / max(self.train_clock.seconds, 1e-9)
                 # checked at every logged step (and every step a progress bar shows, alone)
-                if not math.isfinite(loss_value) and (log_now or not self.dist.enabled):
+                if not math.isfinite(loss_value) and not skipped and (log_now or not self.dist.enabled):
                     message = (f"loss is {loss_value} at step {self.step}: training diverged; lower optim.lr "
                                f"or raise optim.warmup_steps (checkpoints from before step {self.step} are kept)")
                     self.say(message)
