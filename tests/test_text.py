@@ -200,3 +200,14 @@ def test_nonfinite_loss_stops_naming_the_step(tmp_path, corpus):
     spike_at(t, {3, 7})
     with pytest.raises(Diverged, match="not finite at 2 steps, the last at step 7"):
         t.train()
+
+
+def test_checkpoint_of_another_shape_is_a_clear_error(tmp_path, corpus):
+    from speedrun.config import ConfigError
+
+    small = make_trainer(tmp_path, corpus, "train.steps=2", "train.eval_every=0", name="small")
+    small.train()
+    wide = make_trainer(tmp_path, corpus, "train.steps=4", "model.n_embd=32", name="wide")
+    wide.run = small.run  # the wider model pointed at the smaller model's checkpoint
+    with pytest.raises(ConfigError, match="checkpoint does not match the model in the config"):
+        wide.train(resume=True)
