@@ -13,15 +13,6 @@ ARGS = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_siz
         "data.sample_tokens=0", "train.tensorboard=false", "optim.name=muon", "--quiet"]
 
 
-@pytest.fixture
-def corpus(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPEEDRUN_CACHE", str(tmp_path / "cache"))
-    path = tmp_path / "corpus.txt"
-    path.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog {i * 7 % 13}\n"
-                            for i in range(400)))
-    return path
-
-
 def launch(processes, *args):
     if processes == 1:
         return [sys.executable, "-m", "speedrun", *args]
@@ -34,11 +25,11 @@ def losses(run):
     return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
 
 
-def test_two_processes_match_one_and_resume_across(tmp_path, corpus):
+def test_two_processes_match_one_and_resume_across(tmp_path, line_corpus):
     one, two, part = tmp_path / "one", tmp_path / "two", tmp_path / "part"
-    subprocess.run(launch(1, "train", "shakespeare-char", "--data", str(corpus), "--out", str(one), *ARGS),
+    subprocess.run(launch(1, "train", "shakespeare-char", "--data", str(line_corpus), "--out", str(one), *ARGS),
                    check=True, capture_output=True)
-    proc = subprocess.run(launch(2, "train", "shakespeare-char", "--data", str(corpus), "--out", str(two), *ARGS),
+    proc = subprocess.run(launch(2, "train", "shakespeare-char", "--data", str(line_corpus), "--out", str(two), *ARGS),
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "(2 processes)" in proc.stdout
@@ -50,7 +41,7 @@ def test_two_processes_match_one_and_resume_across(tmp_path, corpus):
     assert val(two) == pytest.approx(val(one), rel=1e-4)
 
     # A one-process run stopped part-way resumes under two processes and ends where the others did.
-    p = subprocess.Popen(launch(1, "train", "shakespeare-char", "--data", str(corpus), "--out", str(part), *ARGS),
+    p = subprocess.Popen(launch(1, "train", "shakespeare-char", "--data", str(line_corpus), "--out", str(part), *ARGS),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (part / "checkpoints" / "last.safetensors").exists() and time.time() < deadline:
@@ -62,9 +53,9 @@ def test_two_processes_match_one_and_resume_across(tmp_path, corpus):
     assert val(part) == pytest.approx(val(one), rel=1e-4)
 
 
-def test_grad_accum_must_divide_among_processes(tmp_path, corpus):
+def test_grad_accum_must_divide_among_processes(tmp_path, line_corpus):
     args = [a for a in ARGS if not a.startswith("train.grad_accum")] + ["train.grad_accum=3"]
-    proc = subprocess.run(launch(2, "train", "shakespeare-char", "--data", str(corpus), "--out", str(tmp_path / "x"),
+    proc = subprocess.run(launch(2, "train", "shakespeare-char", "--data", str(line_corpus), "--out", str(tmp_path / "x"),
                                  *args), capture_output=True, text=True)
     assert proc.returncode != 0
     assert "must be a multiple of the 2 processes" in proc.stderr + proc.stdout

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 ARGS = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=8",
         "train.steps=150", "train.eval_every=25", "train.log_every=5", "data.sample_tokens=0",
@@ -17,26 +16,17 @@ def speedrun(*args, **kw):
     return [sys.executable, "-m", "speedrun", *args]
 
 
-@pytest.fixture
-def corpus(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPEEDRUN_CACHE", str(tmp_path / "cache"))
-    path = tmp_path / "corpus.txt"
-    path.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog {i * 7 % 13}\n"
-                            for i in range(400)))
-    return path
-
-
 def records(run):
     lines = (run / "metrics.jsonl").read_text().splitlines()
     return [json.loads(x) for x in lines]
 
 
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path, corpus):
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, line_corpus):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(speedrun("train", "shakespeare-char", "--data", str(corpus), "--out", str(whole), "--quiet",
+    subprocess.run(speedrun("train", "shakespeare-char", "--data", str(line_corpus), "--out", str(whole), "--quiet",
                             *ARGS), check=True, capture_output=True)
 
-    proc = subprocess.Popen(speedrun("train", "shakespeare-char", "--data", str(corpus), "--out", str(killed),
+    proc = subprocess.Popen(speedrun("train", "shakespeare-char", "--data", str(line_corpus), "--out", str(killed),
                                      "--quiet", *ARGS), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = killed / "checkpoints" / "last.safetensors"
     deadline = time.time() + 120
@@ -56,9 +46,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, corpus):
     assert losses(killed) == losses(whole)  # every logged step, once, with the same loss
 
 
-def test_sigterm_writes_checkpoint_and_says_how_to_resume(tmp_path, corpus):
+def test_sigterm_writes_checkpoint_and_says_how_to_resume(tmp_path, line_corpus):
     run = tmp_path / "term"
-    proc = subprocess.Popen(speedrun("train", "shakespeare-char", "--data", str(corpus), "--out", str(run),
+    proc = subprocess.Popen(speedrun("train", "shakespeare-char", "--data", str(line_corpus), "--out", str(run),
                                      *ARGS), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while not (run / "metrics.jsonl").exists() and time.time() < deadline:
