@@ -211,3 +211,18 @@ def test_checkpoint_of_another_shape_is_a_clear_error(tmp_path, corpus):
     wide.run = small.run  # the wider model pointed at the smaller model's checkpoint
     with pytest.raises(ConfigError, match="checkpoint does not match the model in the config"):
         wide.train(resume=True)
+
+
+def test_sample_after_a_prompt_longer_than_a_block_is_only_new_text(tmp_path, corpus):
+    prompt = "to be or not to be that is the question " * 2  # 80 characters, block_size 16
+    cfg = load_config("shakespeare-char", TINY + [f"data.source={json.dumps(str(corpus))}",
+                                                  f"data.sample_prompt={json.dumps(prompt)}",
+                                                  "data.sample_tokens=12", "data.temperature=0.0"]).data
+    task = TextTask(cfg, block_size=16, seed=0)
+    torch.manual_seed(0)
+    from speedrun.config import ModelConfig
+    from speedrun.model import GPT
+
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=task.tokenizer.vocab_size))
+    text = task.sample(model, RT, step=0)
+    assert len(task.tokenizer.encode(text, allow_special=True)) == 12

@@ -62,6 +62,7 @@ class TextTask:
                                 f"{block_size + 1}; give more text or lower model.block_size")
         self.token_bytes = token_byte_lengths(self.tokenizer)
         self.windows_seen = 0  # data position for epoch-style passes
+        self._order_epoch, self._order = -1, None  # the shuffle of the current epoch
 
     # --- training data -------------------------------------------------
     def steps_for_epochs(self, tokens_per_step: int) -> int:
@@ -86,7 +87,7 @@ class TextTask:
         return rows[:, :-1], rows[:, 1:]
 
     def _epoch_order(self, epoch: int, n_windows: int) -> np.ndarray:
-        if getattr(self, "_order_epoch", None) != epoch:
+        if self._order_epoch != epoch:
             self._order = np.random.default_rng([self.seed, epoch]).permutation(n_windows)
             self._order_epoch = epoch
         return self._order
@@ -140,20 +141,19 @@ class TextTask:
         tok = self.tokenizer
         prompt = tok.encode(self.cfg.sample_prompt) if self.cfg.sample_prompt else [tok.eot_id]
         g = torch.Generator().manual_seed(self.seed + step)
-        idx = torch.tensor([prompt[-(self.block_size - 1):]], device=rt.device)
+        idx = torch.tensor([prompt], device=rt.device)  # generate() keeps to the last block itself
         with evaluating(model), rt.autocast():
             out = generate(model, idx, self.cfg.sample_tokens, self.cfg.temperature, self.cfg.top_k,
                            self.cfg.top_p, generator=g)
         return tok.decode(out[0, len(prompt):].tolist())
 
-    def evaluate(self, model, rt: Runtime, step: int) -> dict:
-        metrics = self.sampled_eval(model, rt, step) if self.cfg.eval_batches else self.full_eval(model, rt)
+    def evaluate(self, model, rt: Runtime, step: int, final: bool = False) -> dict:
+        """The whole split (always when final), or the sampled estimate; plus a sample."""
+        full = final or not self.cfg.eval_batches
+        metrics = self.full_eval(model, rt) if full else self.sampled_eval(model, rt, step)
         if self.cfg.sample_tokens:
             metrics["sample"] = self.sample(model, rt, step)
         return metrics
 
     def final_metrics(self, model, rt: Runtime, step: int) -> dict:
-        metrics = self.full_eval(model, rt)
-        if self.cfg.sample_tokens:
-            metrics["sample"] = self.sample(model, rt, step)
-        return metrics
+        return self.evaluate(model, rt, step, final=True)
