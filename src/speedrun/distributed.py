@@ -52,13 +52,14 @@ def close(d: Dist) -> None:
         dist.destroy_process_group()
 
 
-def any_rank(d: Dist, flag: bool) -> bool:
-    """True on every rank if it is true on any (a stop decision all ranks must share)."""
-    if not d.enabled:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=d.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+def any_rank(d: Dist, *flags: bool):
+    """Each flag true on every rank if it is true on any (stop decisions all ranks must
+    share), in one collective; a single flag comes back as a bool, several as a tuple."""
+    if d.enabled:
+        t = torch.tensor([1.0 if f else 0.0 for f in flags], device=d.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        flags = tuple(bool(x) for x in t.tolist())
+    return flags[0] if len(flags) == 1 else tuple(flags)
 
 
 def mean(d: Dist, value: float) -> float:

@@ -35,8 +35,8 @@ from .tasks import build_task
 class Clock:
     """Wall-clock seconds of one kind of work, synchronising CUDA before reading."""
 
-    def __init__(self, device: torch.device, seconds: float = 0.0):
-        self.device, self.seconds, self._t0 = device, seconds, None
+    def __init__(self, device: torch.device):
+        self.device, self.seconds, self._t0 = device, 0.0, None
 
     def __enter__(self):
         self._sync()
@@ -290,6 +290,12 @@ class Trainer:
         if metrics.get("done"):
             self.stopped_by = "task_done"
 
+    def diverged(self, what: str) -> None:
+        message = (f"{what}: training diverged; lower optim.lr or raise optim.warmup_steps "
+                   f"(checkpoints from before step {self.step} are kept)")
+        self.say(message)
+        raise Diverged(message)
+
     def run_loop(self) -> None:
         cfg, tc = self.cfg, self.cfg.train
         warmup = cfg.optim.warmup_steps
@@ -310,9 +316,7 @@ class Trainer:
                          f"({self.skipped_steps} of train.skip_nonfinite={tc.skip_nonfinite})")
                 self.metrics.log({"step": self.step, "skipped_nonfinite": self.skipped_steps})
                 if self.skipped_steps > tc.skip_nonfinite:
-                    raise Diverged(f"loss was not finite at {self.skipped_steps} steps, the last at step "
-                                   f"{self.step}: training diverged; lower optim.lr or raise optim.warmup_steps "
-                                   f"(checkpoints from before step {self.step} are kept)")
+                    self.diverged(f"loss was not finite at {self.skipped_steps} steps, the last at step {self.step}")
             log_now = self.step % tc.log_every == 0 or self.step == self.total_steps
             if log_now or self.bar.bar is not None:
                 # the mean over all processes at logged steps (every process takes part)
@@ -320,10 +324,7 @@ class Trainer:
                 tps = self.step * self.tokens_per_step / max(self.train_clock.seconds, 1e-9)
                 # checked at every logged step (and every step a progress bar shows, alone)
                 if not math.isfinite(loss_value) and not skipped and (log_now or not self.dist.enabled):
-                    message = (f"loss is {loss_value} at step {self.step}: training diverged; lower optim.lr "
-                               f"or raise optim.warmup_steps (checkpoints from before step {self.step} are kept)")
-                    self.say(message)
-                    raise Diverged(message)
+                    self.diverged(f"loss is {loss_value} at step {self.step}")
                 self.bar.update(self.step, f"loss {loss_value:.4f}, {tps:,.0f} tok/s", log_now)
             if log_now:
                 self.metrics.log({"step": self.step, "loss": loss_value, "lr_scale": lr_scale,
@@ -339,11 +340,12 @@ class Trainer:
                     self.evaluate()
                 self.save("last")
             # Every process stops at the same step: a signal or a stop reason anywhere stops all.
-            interrupted = distributed.any_rank(self.dist, self.stop.received is not None)
+            interrupted, stopping = distributed.any_rank(self.dist, self.stop.received is not None,
+                                                         self.stopped_by != "steps")
             if interrupted:
                 self.save("last")
                 raise Interrupted(self.stop.received or "a signal to another process")
-            if distributed.any_rank(self.dist, self.stopped_by != "steps"):
+            if stopping:
                 self.stopped_by = distributed.share(self.dist, self.stopped_by)
                 break
 
@@ -366,7 +368,6 @@ class Trainer:
                 with StopSignal() as self.stop:
                     self.run_loop()
             except Interrupted as e:
-                self.bar.close()
                 self.say(f"stopped by {e} at step {self.step}; checkpoint written. "
                          f"Resume with: speedrun train --resume {self.run.path}")
                 raise
