@@ -1,0 +1,1 @@
+"""Chat: the template, the generation engine with its calculator, tasks and the pipeline."""
