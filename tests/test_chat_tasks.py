@@ -1,0 +1,253 @@
+import json
+import re
+import sys
+
+import pytest
+
+from speedrun.chat.calculator import evaluate
+from speedrun.chat.tasks import (
+    TASKS,
+    ChatDataError,
+    TaskItem,
+    get_task,
+    held_out,
+    load_conversations,
+    make_items,
+    mixture,
+    words,
+)
+
+
+def response(item: TaskItem) -> str:
+    """The reference answer's text parts, as the evaluation passes a model's reply."""
+    content = item.messages[-1]["content"]
+    return content if isinstance(content, str) else "".join(p["text"] for p in content if p["type"] == "text")
+
+
+def tool_parts(item: TaskItem) -> tuple[str, str]:
+    call, output, _ = item.messages[-1]["content"]
+    assert (call["type"], output["type"]) == ("tool_call", "tool_output")
+    return call["text"], output["text"]
+
+
+def test_word_list():
+    ws = words()
+    assert len(ws) > 10_000 and ws == sorted(set(ws))
+    assert all(w.isascii() and w.isalpha() and w.islower() and 3 <= len(w) <= 10 for w in ws)
+    assert {"garden", "cat", "strawberry"} <= set(ws)
+
+
+def test_word_list_without_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "english_words", None)
+    with pytest.raises(ImportError, match="pip install english-words"):
+        words.__wrapped__()
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_deterministic_by_seed(task):
+    for split in ("train", "test"):
+        items = make_items(task, split, 40, seed=0)
+        assert items == make_items(task, split, 40, seed=0)
+        assert items != make_items(task, split, 40, seed=1)
+        assert all(item.task == task and item.messages[-1]["role"] == "assistant" for item in items)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_train_and_test_keys_disjoint(task):
+    train = {item.key for item in make_items(task, "train", 3000, seed=0)}
+    test = {item.key for item in make_items(task, "test", 300, seed=0)}
+    assert train and test and not train & test
+    assert not any(map(held_out, train)) and all(map(held_out, test))
+
+
+def test_word_tasks_hold_out_the_same_words():
+    held = {item.key for task in ("spelling", "counting", "reversing") for item in make_items(task, "test", 200, 0)}
+    for task in ("spelling", "counting", "reversing"):
+        assert not held & {item.key for item in make_items(task, "train", 2000, 0)}
+
+
+def test_addition_split_ignores_operand_order():
+    for item in make_items("addition", "train", 300, 0):
+        a, b = sorted(map(int, tool_parts(item)[0].split("+")))
+        assert item.key == f"{a}+{b}"
+
+
+def test_test_sets_are_distinct_while_the_pool_lasts():
+    for task, options in [("spelling", {}), ("addition", {"digits": 3}), ("counting", {})]:
+        items = make_items(task, "test", 500, 0, **options)
+        assert len({item.key for item in items}) == 500
+    identity = make_items("identity", "test", 200, 0)
+    pool = {item.key for item in make_items("identity", "test", 2000, 1)}
+    assert len(identity) == 200 and {item.key for item in identity} == pool
+
+
+CORRUPT = {
+    "addition": lambda item: f"The answer is {int(item.answer) + 1}.",
+    "subtraction": lambda item: f"The answer is {int(item.answer) - 1}.",
+    "spelling": lambda item: item.answer[2:],
+    "counting": lambda item: response(item).replace(f"is {item.answer}.", f"is {int(item.answer) + 1}."),
+    "reversing": lambda item: f"{item.answer} reversed is {item.answer[::-1]}.",
+    "identity": lambda item: "I am a helpful assistant.",
+}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_reference_answers_are_correct_and_corrupted_ones_not(task):
+    for item in make_items(task, "train", 100, 0) + make_items(task, "test", 100, 0):
+        assert TASKS[task].is_correct(item, response(item))
+        if not (task == "reversing" and item.key == item.key[::-1]):  # a reversed palindrome is still right
+            assert not TASKS[task].is_correct(item, CORRUPT[task](item))
+
+
+def test_tolerant_answer_checks():
+    spell = make_items("spelling", "test", 1, 0)[0]
+    word = spell.key
+    assert TASKS["spelling"].is_correct(spell, f" {'-'.join(word.upper())}. ")
+    assert not TASKS["spelling"].is_correct(spell, f"The word is {' '.join(word)}")
+    rev = make_items("reversing", "test", 1, 0)[0]
+    assert TASKS["reversing"].is_correct(rev, rev.answer)
+    assert TASKS["reversing"].is_correct(rev, f"It is {rev.key[::-1]}!")
+    add = make_items("addition", "test", 1, 0)[0]
+    assert TASKS["addition"].is_correct(add, f"{tool_parts(add)[0]} = {add.answer}")
+
+
+@pytest.mark.parametrize("task, op", [("addition", "+"), ("subtraction", "-")])
+def test_arithmetic_tool_calls(task, op):
+    negative = False
+    for item in make_items(task, "train", 500, 0):
+        call, output = tool_parts(item)
+        a, b = map(int, call.split(op))
+        assert evaluate(call) == output == item.answer == str(a + b if op == "+" else a - b)
+        assert response(item) == f"The answer is {output}."
+        question = item.messages[0]["content"]
+        assert [int(x) for x in re.findall(r"\d+", question)] == ([b, a] if re.match("Subtract|Take", question)
+                                                                  else [a, b])
+        negative |= int(output) < 0
+    assert negative or op == "+"
+
+
+def test_three_digit_operands():
+    for task, op in [("addition", "+"), ("subtraction", "-")]:
+        for split in ("train", "test"):
+            for item in make_items(task, split, 300, 0, digits=3):
+                assert all(100 <= int(x) <= 999 for x in tool_parts(item)[0].split(op))
+    lengths = {len(x) for item in make_items("addition", "train", 1000, 0) for x in tool_parts(item)[0].split("+")}
+    assert lengths == {1, 2, 3, 4}
+
+
+def test_counting_running_counts():
+    answers = set()
+    for item in make_items("counting", "train", 500, 0):
+        text = response(item)
+        spelled, answer = re.fullmatch(r"(.*)\. The answer is (\d+)\.", text).groups()
+        tokens = spelled.split(" ")
+        assert "".join(t[0] for t in tokens) == item.key
+        matches = [t for t in tokens if ":" in t]
+        assert [int(t.split(":")[1]) for t in matches] == list(range(1, len(matches) + 1))
+        assert len({t[0] for t in matches}) <= 1 and int(answer) == len(matches) == int(item.answer)
+        if matches:
+            assert item.key.count(matches[0][0]) == len(matches)
+        answers.add(int(answer))
+    assert {0, 1, 2} <= answers
+
+
+def test_formats():
+    spell = make_items("spelling", "train", 1, 0)[0]
+    assert response(spell) == spell.answer == " ".join(spell.key)
+    rev = make_items("reversing", "train", 1, 0)[0]
+    assert response(rev) == f"{' '.join(rev.key)} reversed is {' '.join(rev.key[::-1])}."
+
+
+def test_identity_options():
+    custom = {"name": "Zed", "creator": "Ada Lab", "description": "a test bot"}
+    default = make_items("identity", "train", 200, 0)
+    items = make_items("identity", "train", 200, 0, identity=custom)
+    assert [i.key for i in items] == [i.key for i in default]
+    for item, before in zip(items, default):
+        text = response(item)
+        assert "speedrun" not in text and item.answer in ("Zed", "Ada Lab") and item.answer in text
+        assert TASKS["identity"].is_correct(item, text) and not TASKS["identity"].is_correct(item, response(before))
+    assert any("a test bot" in response(item) for item in items)
+    assert {i.answer for i in mixture({"identity": 1}, 50, 0, identity=custom)} == {"Zed", "Ada Lab"}
+    assert make_items("addition", "train", 5, 0, identity=custom) == make_items("addition", "train", 5, 0)
+
+
+def test_bad_task_options():
+    with pytest.raises(ValueError, match="unknown task 'nope'; the tasks are addition"):
+        make_items("nope", "train", 1, 0)
+    with pytest.raises(ValueError, match="has no option digit; its options: digits"):
+        make_items("addition", "train", 1, 0, digit=3)
+    with pytest.raises(ValueError, match="has no option"):
+        get_task("spelling", digits=3)
+    with pytest.raises(ValueError, match="digits must be"):
+        make_items("addition", "train", 1, 0, digits=0)
+    with pytest.raises(ValueError, match="non-empty string"):
+        make_items("identity", "train", 1, 0, identity={"name": ""})
+    with pytest.raises(ValueError, match="unknown split"):
+        make_items("spelling", "val", 1, 0)
+
+
+def test_mixture():
+    weights = {"addition": 3, "spelling": 1, "identity": 0.5}
+    items = mixture(weights, 900, seed=0)
+    counts = {task: sum(item.task == task for item in items) for task in weights}
+    assert counts == {"addition": 600, "spelling": 200, "identity": 100}
+    assert len(mixture({"addition": 1, "spelling": 1, "counting": 1}, 100, 0)) == 100
+    assert items == mixture(weights, 900, seed=0) and items != mixture(weights, 900, seed=1)
+    assert {item.task for item in items[:50]} == set(weights)  # shuffled, not grouped by task
+    assert all(held_out(item.key) for item in mixture(weights, 90, 0, split="test"))
+    with pytest.raises(ValueError, match="non-negative"):
+        mixture({"addition": -1}, 10, 0)
+
+
+GOOD = [
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                  {"role": "assistant", "content": "Hello!"}]},
+    [{"role": "user", "content": "2+2?"},
+     {"role": "assistant", "content": [{"type": "tool_call", "text": "2+2"}, {"type": "tool_output", "text": "4"},
+                                       {"type": "text", "text": "4"}]}],
+]
+
+
+def write_lines(path, lines):
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+def test_load_conversations(tmp_path):
+    path = write_lines(tmp_path / "chats.jsonl", [GOOD[0], "", GOOD[1]])
+    assert load_conversations(path) == [GOOD[0]["messages"], GOOD[1]]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("{not json", "is not JSON"),
+    ({"text": "hi"}, 'with a "messages" list'),
+    ("42", 'with a "messages" list'),
+    ([{"role": "user"}, {"role": "assistant", "content": "x"}], 'message 0 is not an object with "role"'),
+    (["hi", {"role": "assistant", "content": "x"}], "message 0 is not an object"),
+    ([{"role": "bot", "content": "x"}], "message 0 has role 'bot'; use system, user or assistant"),
+    ([{"role": "user", "content": "x"}, {"role": "system", "content": "x"}, {"role": "assistant", "content": "x"}],
+     "message 1 is a system message; a system message may only come first"),
+    ([{"role": "user", "content": "x"}], "no assistant message"),
+    ([], "no assistant message"),
+    ([{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}], "message 0 content is a int"),
+    ([{"role": "user", "content": [{"type": "text", "text": "x"}]}, {"role": "assistant", "content": "x"}],
+     "message 0 content is a list"),
+    ([{"role": "user", "content": "x"}, {"role": "assistant", "content": [{"type": "image", "text": "x"}]}],
+     "message 1 has a bad part"),
+    ([{"role": "user", "content": "x"}, {"role": "assistant", "content": [{"type": "text", "text": 1}]}],
+     "message 1 has a bad part"),
+])
+def test_load_conversations_rejects(tmp_path, bad, message):
+    path = write_lines(tmp_path / "chats.jsonl", [GOOD[0], bad])
+    with pytest.raises(ChatDataError) as error:
+        load_conversations(path)
+    text = str(error.value)
+    assert "chats.jsonl line 2" in text and message in text and "\n" not in text
+
+
+def test_load_conversations_empty_or_missing(tmp_path):
+    with pytest.raises(ChatDataError, match="has no conversations"):
+        load_conversations(write_lines(tmp_path / "empty.jsonl", ["", "  "]))
+    with pytest.raises(ChatDataError, match="cannot read"):
+        load_conversations(tmp_path / "missing.jsonl")
