@@ -13,8 +13,13 @@ import sys
 from pathlib import Path
 
 from .checkpoint import CheckpointError
+from .config import (
+    ConfigError,
+    load_config,
+    recipe_description,
+    recipe_names,
+)
 from .data import DataError
-from .config import ConfigError, config_from_dict, load_config, recipe_description, recipe_names
 from .tokenizer import TokenizerError
 
 USER_ERRORS = (ConfigError, CheckpointError, TokenizerError, DataError)
@@ -70,30 +75,11 @@ def cmd_recipes(args) -> int:
     return 0
 
 
-def load_run_model(run_dir: str, device: str = "cpu"):
-    """(model, tokenizer, config, runtime) from a run directory's last checkpoint."""
-    from .checkpoint import load_checkpoint
-    from .device import setup_runtime
-    from .model import GPT
-    from .rundir import RunDir
-    from .tokenizer import load_tokenizer
-
-    run = RunDir(Path(run_dir))
-    if not run.path.is_dir():
-        raise ConfigError(f"run directory {run_dir} does not exist; pass the folder `speedrun train` printed")
-    model_state, state = load_checkpoint(run.checkpoint("last"))
-    cfg = config_from_dict(state["config"])
-    rt = setup_runtime(device, cfg.dtype)
-    model = GPT(cfg.model)
-    model.load_state_dict(model_state)
-    model.to(rt.device).eval()
-    return model, load_tokenizer(state["tokenizer"]), cfg, rt
-
-
 def cmd_sample(args) -> int:
     import torch
 
     from .model import generate
+    from .rundir import load_run_model
 
     model, tok, cfg, rt = load_run_model(args.run_dir, args.device)
     # No prompt: start a fresh document, after an end-of-document token.
@@ -126,12 +112,62 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_chat_pipeline(args) -> int:
+    from .chat.pipeline import STAGES, Pipeline, parse_pipeline_overrides
+
+    overrides = list(args.overrides) + ([f"corpus={json.dumps(args.data)}"] if args.data else [])
+    cfg, base, sft = parse_pipeline_overrides(overrides)
+    stages = tuple(args.stage) if args.stage else STAGES
+    Pipeline(args.out, cfg, base, sft, progress=not args.quiet).run(stages, force=args.force)
+    print(f"chat with it: speedrun chat {args.out}   or in a browser: speedrun serve {args.out}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import write_report
 
+    if len(args.run_dirs) == 1 and (Path(args.run_dirs[0]) / "pipeline.json").is_file():
+        from .chat.report import write_chat_report
+
+        print(f"wrote {write_chat_report(args.run_dirs[0])}")
+        return 0
     print(write_report(args.run_dirs, args.out, args.baseline), end="")
     out = Path(args.out) if args.out else Path(args.run_dirs[0])
     print(f"\nwrote {out / 'learning_curves.png'}, {out / 'report.md'} and a submission/ folder in each run")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    import torch
+
+    from .chat.cli_chat import answer, chat_loop, conversation
+    from .chat.engine import PromptTooLong, load_engine
+
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    engine = load_engine(args.run_dir, args.device)
+    options = dict(temperature=args.temperature, top_k=args.top_k, max_new_tokens=args.max_new_tokens)
+    if args.prompt is None:
+        chat_loop(engine, args.system, **options)
+        return 0
+    try:
+        answer(engine, conversation(args.system) + [{"role": "user", "content": args.prompt}], sys.stdout, **options)
+    except PromptTooLong as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .chat.engine import load_engine
+    from .chat.server import LOCAL_HOSTS, serve
+
+    if args.host not in LOCAL_HOSTS:
+        print(f"warning: serving on {args.host}: anyone who can reach this machine on port {args.port} "
+              "can use the model, with no login", file=sys.stderr)
+    engine = load_engine(args.run_dir, args.device)
+    serve(engine, args.host, args.port, name=Path(args.run_dir).name, max_prompt_chars=args.max_prompt_chars,
+          max_new_tokens=args.max_new_tokens)
     return 0
 
 
@@ -169,12 +205,49 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto")
     b.set_defaults(func=cmd_bench)
 
+    c = sub.add_parser("chat-pipeline", help="corpus -> tokenizer -> base model -> fine-tuned chat model, "
+                                              "with task evaluation and report.md")
+    c.add_argument("overrides", nargs="*", help="pipeline keys (vocab_size=1024, identity_name=Ada) or a "
+                                                "stage's recipe keys (base.train.time_budget=60, sft.data.spelling=2)")
+    c.add_argument("--out", default="runs/chat", help="the pipeline's folder (default runs/chat); run again "
+                                                      "to continue, finished stages are skipped")
+    c.add_argument("--data", help="pretraining corpus: a file, folder, glob, .jsonl, .parquet or hf:NAME "
+                                  "(default: Python's own documentation)")
+    c.add_argument("--stage", action="append", choices=["tokenizer", "base", "eval_base", "sft", "eval_sft", "report"],
+                   help="run only this stage (repeatable)")
+    c.add_argument("--force", action="store_true", help="run the chosen stages again even if finished")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.set_defaults(func=cmd_chat_pipeline)
+
     rp = sub.add_parser("report", help="learning curves, a summary table and a submission folder per run")
-    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by `speedrun train`")
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by `speedrun train`, "
+                                                                  "or one chat pipeline folder")
     rp.add_argument("--out", help="folder for learning_curves.png and report.md (default: the first run's)")
     rp.add_argument("--baseline", metavar="RECIPE",
                     help="recipe each run's config is compared with (default: the run's own bundled recipe)")
     rp.set_defaults(func=cmd_report)
+
+    c = sub.add_parser("chat", help="talk with a chat model in the terminal")
+    c.add_argument("run_dir", help="a chat pipeline's folder or a run directory")
+    c.add_argument("-p", "--prompt", help="answer this one message and exit")
+    c.add_argument("--system", help="a system message that opens the conversation")
+    c.add_argument("--temperature", type=float, default=0.6, help="0 is greedy argmax")
+    c.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens; 0: all")
+    c.add_argument("--max-new-tokens", type=int, default=256, help="at most this many tokens per answer")
+    c.add_argument("--seed", type=int, help="make the sampled answers repeatable")
+    c.add_argument("--device", default="auto")
+    c.set_defaults(func=cmd_chat)
+
+    sv = sub.add_parser("serve", help="a chat web page and API for a chat model (http://127.0.0.1:8000)")
+    sv.add_argument("run_dir", help="a chat pipeline's folder or a run directory")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on; another than this machine's "
+                                                        "own lets anyone on the network use the model")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--device", default="auto")
+    sv.add_argument("--max-prompt-chars", type=int, default=8000, help="longest conversation a request may send")
+    sv.add_argument("--max-new-tokens", type=int, default=256, help="longest answer a request may ask for "
+                                                                     "(and the default)")
+    sv.set_defaults(func=cmd_serve)
     return p
 
 
@@ -184,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     # key=value overrides may come after options (`--data x train.steps=5`); argparse
     # collects positionals only before the first option, so gather the rest here.
     overrides = [a for a in extra if "=" in a and not a.startswith("-")]
-    if args.command == "train" and overrides:
+    if args.command in ("train", "chat-pipeline") and overrides:
         args.overrides = list(args.overrides) + overrides
         extra = [a for a in extra if a not in overrides]
     if extra:

@@ -76,6 +76,7 @@ class TrainConfig:
     skip_nonfinite: int = 0  # steps with a NaN/inf loss whose update may be dropped before stopping
     tensorboard: bool = True  # event files in the run directory when tensorboard is installed
     wandb_project: str = ""  # log to Weights & Biases too (pip install wandb)
+    init_from: str = ""  # a checkpoint or run directory whose weights start this run (fine-tuning)
 
 
 @dataclass
@@ -101,6 +102,7 @@ class TextData:
     tokenizer: Literal["char", "bpe"] = "char"
     vocab_size: int = 4096  # BPE only
     cache_dir: str = ""  # token cache; default ~/.cache/speedrun
+    tokenizer_file: str = ""  # a saved tokenizer (tokenizer.json) to use instead of fitting one
     hf_split: str = "train"
     epochs: float = 0.0  # > 0: train for this many passes over the training tokens
     eval_batches: int = 0  # > 0: a sampled estimate on this many batches between full evaluations
@@ -109,6 +111,27 @@ class TextData:
     temperature: float = 0.8
     top_k: int = 0
     top_p: float = 1.0
+
+
+@dataclass
+class ChatData:
+    tokenizer_file: str = ""  # the chat pipeline's tokenizer (with the chat special tokens)
+    conversations: str = ""  # the user's own conversations (JSONL), mixed into training
+    conversations_repeat: int = 1  # copies of each user conversation in the training pool
+    train_items: int = 20000  # synthetic task conversations in the training pool
+    val_items: int = 400  # held-out conversations for val_loss (assistant tokens only)
+    eval_items: int = 50  # held-out items per task answered by generation in the final evaluation
+    max_new_tokens: int = 64  # longest answer generated when evaluating
+    # weights of the synthetic tasks in the training mixture
+    addition: float = 1.0
+    subtraction: float = 1.0
+    spelling: float = 1.0
+    counting: float = 1.0
+    reversing: float = 0.5
+    identity: float = 0.2
+    identity_name: str = "speedrun"
+    identity_creator: str = "the speedrun developers"
+    identity_description: str = "a small language model trained from scratch with speedrun"
 
 
 @dataclass
@@ -124,7 +147,7 @@ class Config:
     data: Any = field(default_factory=AdditionData)
 
 
-DATA_CONFIGS: dict[str, type] = {"addition": AdditionData, "text": TextData}
+DATA_CONFIGS: dict[str, type] = {"addition": AdditionData, "text": TextData, "chat": ChatData}
 
 
 def recipe_names() -> list[str]:
@@ -172,7 +195,7 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where} = {value!r} has the wrong type; expected {tp.__name__}")
 
 
-def _build(cls: type, table: dict, prefix: str) -> Any:
+def build_section(cls: type, table: dict, prefix: str) -> Any:
     hints = get_type_hints(cls)
     valid = [f.name for f in fields(cls)]
     kwargs = {}
@@ -186,7 +209,7 @@ def _build(cls: type, table: dict, prefix: str) -> Any:
         if is_dataclass(tp):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where} must be a table of keys, not {value!r}")
-            value = _build(tp, value, f"{where}.")
+            value = build_section(tp, value, f"{where}.")
         else:
             value = _check_type(value, tp, where)
         kwargs[key] = value
@@ -234,8 +257,8 @@ def config_from_dict(table: dict, recipe_name: str = "") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"data must be a table of keys, not {data!r}")
     table.setdefault("recipe", recipe_name)
-    cfg = _build(Config, table, "")
-    cfg.data = _build(DATA_CONFIGS[task], data, "data.")
+    cfg = build_section(Config, table, "")
+    cfg.data = build_section(DATA_CONFIGS[task], data, "data.")
     _validate(cfg)
     return cfg
 

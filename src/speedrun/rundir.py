@@ -101,3 +101,23 @@ def git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def load_run_model(run_dir: str, device: str = "cpu"):
+    """(model, tokenizer, config, runtime) from a run directory's last checkpoint."""
+    from .checkpoint import load_checkpoint
+    from .config import config_from_dict
+    from .device import setup_runtime
+    from .model import GPT
+    from .tokenizer import load_tokenizer
+
+    run = RunDir(Path(run_dir))
+    if not run.path.is_dir():
+        raise ConfigError(f"run directory {run_dir} does not exist; pass the folder `speedrun train` printed")
+    model_state, state = load_checkpoint(run.checkpoint("last"))
+    cfg = config_from_dict(state["config"])
+    rt = setup_runtime(device, cfg.dtype)
+    model = GPT(cfg.model)
+    model.load_state_dict(model_state)
+    model.to(rt.device).eval()
+    return model, load_tokenizer(state["tokenizer"]), cfg, rt

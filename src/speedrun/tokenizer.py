@@ -116,11 +116,15 @@ class BPETokenizer(SpecialTokens):
 
     @classmethod
     def train(cls, texts, vocab_size: int, special_tokens: list[str] = (),
-              progress: bool = False) -> "BPETokenizer":
+              progress: bool = False, split_digits: bool = False) -> "BPETokenizer":
+        """With split_digits every digit is its own token, so numbers are read and
+        copied digit by digit (arithmetic needs that more than it needs short numbers)."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                             if split_digits else byte_level)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size, show_progress=progress,
@@ -154,6 +158,19 @@ class BPETokenizer(SpecialTokens):
 
         data = json.loads(text)
         return cls(Tokenizer.from_str(json.dumps(data["tokenizer"])), eot=data["eot"])
+
+
+def load_tokenizer_file(path) -> "CharTokenizer | BPETokenizer":
+    """A tokenizer saved as JSON (a run's tokenizer.json), with a one-line error if unusable."""
+    from pathlib import Path
+
+    try:
+        return load_tokenizer(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TokenizerError(f"tokenizer file {path} not found; give the tokenizer.json a run or "
+                             "the chat pipeline wrote") from None
+    except (ValueError, KeyError) as e:
+        raise TokenizerError(f"{path} is not a speedrun tokenizer file ({e})") from None
 
 
 def load_tokenizer(text: str):

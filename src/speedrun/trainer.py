@@ -17,6 +17,7 @@ import platform
 import signal
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -246,6 +247,21 @@ class Trainer:
         if self.dist.is_main:
             self.run.truncate_metrics(self.step)
 
+    def load_initial_weights(self, source: str) -> None:
+        """Start from another run's weights (fine-tuning): the model only, not its optimizer or step."""
+        path = Path(source)
+        if path.is_dir():
+            path = RunDir(path).checkpoint("last")
+        if not path.is_file():
+            raise ConfigError(f"train.init_from={source!r}: no checkpoint there; give a .safetensors "
+                              "checkpoint or a run directory that has checkpoints/last.safetensors")
+        model_state, _ = load_checkpoint(path)
+        try:
+            self.model.load_state_dict(model_state)
+        except RuntimeError as e:
+            raise ConfigError(f"train.init_from={source!r} holds a different model than the config "
+                              f"({str(e).splitlines()[0]}); use the same [model] settings") from None
+
     def mfu(self, tokens_per_second: float) -> float:
         """Model FLOPs utilisation against the measured matmul peak of the dtype in use."""
         return tokens_per_second * self.flops_per_token / self.peak_flops
@@ -352,6 +368,8 @@ class Trainer:
     def train(self, resume: bool = False) -> dict:
         if resume:
             self.resume()
+        elif self.cfg.train.init_from:
+            self.load_initial_weights(self.cfg.train.init_from)
         self.bar = Progress(self.total_steps, self.step, self.show_progress)
         verb = "resuming at step " + str(self.step) if resume else "training"
         self.say(f"speedrun {self.cfg.recipe or self.cfg.task}: {verb}, {self.model.num_params():,} parameters "

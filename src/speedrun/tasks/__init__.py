@@ -23,4 +23,8 @@ def build_task(cfg: Config):
         from .text import TextTask
 
         return TextTask(cfg.data, block_size=cfg.model.block_size, seed=cfg.train.seed)
+    if cfg.task == "chat":
+        from .chat import ChatTask
+
+        return ChatTask(cfg.data, block_size=cfg.model.block_size, seed=cfg.train.seed)
     raise ValueError(f"unknown task {cfg.task!r}")

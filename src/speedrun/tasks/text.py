@@ -17,9 +17,17 @@ import numpy as np
 import torch
 
 from ..config import TextData
-from ..data import DataError, build_tokenizer, download, load_documents, split_documents, tokenize_cached
+from ..data import (
+    DataError,
+    build_tokenizer,
+    download,
+    load_documents,
+    split_documents,
+    tokenize_cached,
+)
 from ..device import Runtime
 from ..model import evaluating, generate
+from ..tokenizer import load_tokenizer_file
 
 
 def eval_windows(n_tokens: int, block_size: int) -> list[tuple[int, int]]:
@@ -53,6 +61,8 @@ class TextTask:
         # A character vocabulary covers the validation text too, so no validation
         # character is unencodable; BPE learns from the training text only.
         vocab_docs = train_docs + val_docs if cfg.tokenizer == "char" else train_docs
+        if tokenizer is None and cfg.tokenizer_file:
+            tokenizer = load_tokenizer_file(cfg.tokenizer_file)
         self.tokenizer = tokenizer or build_tokenizer(cfg.tokenizer, vocab_docs, cfg.vocab_size)
         self.train_tokens = tokenize_cached(train_docs, self.tokenizer, cfg.cache_dir, "train")
         self.val_tokens = tokenize_cached(val_docs, self.tokenizer, cfg.cache_dir, "val")

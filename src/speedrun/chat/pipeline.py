@@ -1,0 +1,209 @@
+"""The chat pipeline: corpus -> tokenizer -> base model -> fine-tuned chat model, with a report.
+
+Stages run in order, each writing into one folder:
+
+    corpus.jsonl         the pretraining documents (the default corpus, or a copy of --data's)
+    tokenizer/           tokenizer.json (BPE with the chat tokens) and stats.json
+    base/                the pretraining run (a normal run directory)
+    eval_base.json       task accuracy of the base model, before fine-tuning
+    sft/                 the fine-tuning run on the task mixture and the user's conversations
+    eval_sft.json        task accuracy after fine-tuning
+    report.md            every stage's figures, tables and plots
+    pipeline.json        the settings and each finished stage's time
+
+A stage recorded as finished in pipeline.json is skipped when the command is
+run again, so an interrupted pipeline picks up where it stopped (a training
+stage resumes from its last checkpoint). Overrides go to the pipeline
+(`vocab_size=1024`) or to a stage's recipe (`base.train.steps=100`,
+`sft.data.spelling=2`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from ..config import ConfigError, build_section, load_config, parse_override
+from ..rundir import RunDir
+
+STAGES = ("tokenizer", "base", "eval_base", "sft", "eval_sft", "report")
+
+
+@dataclass
+class PipelineConfig:
+    corpus: str = ""  # a text source as for `speedrun train --data`; "": Python's own documentation
+    text_field: str = "text"  # JSONL field or parquet column of the corpus
+    vocab_size: int = 2048
+    val_fraction: float = 0.05  # share of the corpus held out (tokenizer compression, base val_bpb)
+    base_recipe: str = "chat-base"
+    sft_recipe: str = "chat-sft"
+    eval_items: int = 100  # held-out questions per task, before and after fine-tuning
+    max_new_tokens: int = 64
+    seed: int = 1337
+    device: str = "auto"
+    identity_name: str = "speedrun"
+    identity_creator: str = "the speedrun developers"
+    identity_description: str = "a small language model trained from scratch with speedrun"
+
+
+def parse_pipeline_overrides(overrides: list[str]) -> tuple[PipelineConfig, list[str], list[str]]:
+    """(pipeline settings, base recipe overrides, sft recipe overrides)."""
+    table, base, sft = {}, [], []
+    for text in overrides:
+        path, value = parse_override(text)
+        if path[0] in ("base", "sft") and len(path) > 1:
+            (base if path[0] == "base" else sft).append(text.split(".", 1)[1])
+        elif len(path) == 1:
+            table[path[0]] = value
+        else:
+            raise ConfigError(f"override {text!r}: use a pipeline key ({', '.join(f.name for f in fields(PipelineConfig))}) "
+                              "or base.<key>/sft.<key> for a stage's recipe")
+    return build_section(PipelineConfig, table, ""), base, sft
+
+
+class Pipeline:
+    def __init__(self, out: str | Path, cfg: PipelineConfig, base_overrides: list[str] = (),
+                 sft_overrides: list[str] = (), progress: bool = True):
+        self.out, self.cfg, self.progress = Path(out), cfg, progress
+        self.base_overrides, self.sft_overrides = list(base_overrides), list(sft_overrides)
+        self.state_path = self.out / "pipeline.json"
+        self.state = json.loads(self.state_path.read_text()) if self.state_path.is_file() else {"stages": {}}
+        # the stage configs are checked before any work starts, so a typo fails in a second
+        self.base_config()
+
+    # --- bookkeeping ----------------------------------------------------
+    def done(self, stage: str) -> bool:
+        return stage in self.state["stages"]
+
+    def record(self, stage: str, seconds: float, **figures) -> None:
+        self.state["stages"][stage] = {"seconds": seconds, **figures}
+        self.state["config"] = asdict(self.cfg)
+        self.state["overrides"] = {"base": self.base_overrides, "sft": self.sft_overrides}
+        RunDir(self.out).write_json(self.state_path.name, self.state)
+
+    def say(self, line: str) -> None:
+        print(line, flush=True)
+
+    def run(self, stages: tuple[str, ...] = STAGES, force: bool = False) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        for stage in STAGES:
+            if stage not in stages:
+                continue
+            if self.done(stage) and not force and stage != "report":
+                self.say(f"[{stage}] finished earlier, skipped (pipeline.json)")
+                continue
+            self.say(f"[{stage}] starting")
+            t0 = time.perf_counter()
+            figures = getattr(self, f"stage_{stage}")() or {}
+            seconds = time.perf_counter() - t0
+            self.record(stage, seconds, **figures)
+            self.say(f"[{stage}] done in {seconds:.1f}s")
+        return self.state
+
+    # --- stage configs --------------------------------------------------
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.out / "tokenizer" / "tokenizer.json"
+
+    @property
+    def corpus_file(self) -> Path:
+        return self.out / "corpus.jsonl"
+
+    def base_config(self):
+        c = self.cfg
+        return load_config(c.base_recipe, [
+            f"data.source={json.dumps(str(self.corpus_file))}", f"data.tokenizer_file={json.dumps(str(self.tokenizer_file))}",
+            f"data.val_fraction={c.val_fraction}", f"train.seed={c.seed}", f"device={json.dumps(c.device)}",
+            *self.base_overrides])
+
+    def sft_config(self):
+        c = self.cfg
+        cfg = load_config(c.sft_recipe, [
+            f"data.tokenizer_file={json.dumps(str(self.tokenizer_file))}", f"train.seed={c.seed}",
+            f"train.init_from={json.dumps(str(self.out / 'base'))}", f"device={json.dumps(c.device)}",
+            f"data.identity_name={json.dumps(c.identity_name)}",
+            f"data.identity_creator={json.dumps(c.identity_creator)}",
+            f"data.identity_description={json.dumps(c.identity_description)}",
+            *self.sft_overrides])
+        cfg.model = self.base_config().model  # fine-tuning continues the base model as it is
+        return cfg
+
+    # --- stages ---------------------------------------------------------
+    def stage_tokenizer(self) -> dict:
+        from ..data import load_documents, split_documents
+        from .corpus import python_docs
+        from .template import train_chat_tokenizer
+
+        c = self.cfg
+        docs = load_documents(c.corpus, c.text_field) if c.corpus else python_docs()
+        with open(self.corpus_file, "w", encoding="utf-8") as f:
+            for doc in docs:
+                f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
+        train_docs, val_docs = split_documents(docs, c.val_fraction, self.base_config().data.split_seed)
+        tok = train_chat_tokenizer(train_docs, c.vocab_size, progress=self.progress)
+        self.tokenizer_file.parent.mkdir(parents=True, exist_ok=True)
+        self.tokenizer_file.write_text(tok.to_json(), encoding="utf-8")
+        val_bytes = sum(len(d.encode()) for d in val_docs)
+        val_tokens = sum(len(tok.encode(d)) for d in val_docs)
+        stats = {"vocab_size": tok.vocab_size, "documents": len(docs),
+                 "corpus": c.corpus or "Python's documentation (pydoc topics and standard-library docstrings)",
+                 "corpus_bytes": sum(len(d.encode()) for d in docs),
+                 "val_bytes_per_token": val_bytes / max(val_tokens, 1)}
+        RunDir(self.tokenizer_file.parent).write_json("stats.json", stats)
+        self.say(f"[tokenizer] {tok.vocab_size} tokens, {stats['val_bytes_per_token']:.2f} bytes/token "
+                 "on held-out text")
+        return {"val_bytes_per_token": stats["val_bytes_per_token"]}
+
+    def train_stage(self, name: str, cfg) -> dict:
+        from ..device import setup_runtime
+        from ..trainer import train
+
+        run = RunDir(self.out / name)
+        resume = run.checkpoint("last").is_file()
+        if not resume:
+            if run.path.exists():
+                import shutil
+
+                shutil.rmtree(run.path)  # a start that wrote no checkpoint: begin again
+            run = RunDir.create(cfg, str(run.path))
+        rt = setup_runtime(cfg.device, cfg.dtype)
+        summary = train(cfg, run, rt, progress=self.progress, resume=resume)
+        keep = ("val_loss", "val_bpb")
+        return {"train_seconds": summary["train_seconds"], "steps": summary["steps"],
+                "tokens_per_second": summary["tokens_per_second"], "mfu": summary["mfu"],
+                **{k: summary["metrics"][k] for k in keep if k in summary["metrics"]}}
+
+    def stage_base(self) -> dict:
+        return self.train_stage("base", self.base_config())
+
+    def stage_sft(self) -> dict:
+        return self.train_stage("sft", self.sft_config())
+
+    def evaluate(self, stage: str) -> dict:
+        from ..tasks.chat import identity_options, task_weights
+        from .engine import load_engine
+        from .evaluate import eval_items, evaluate_tasks
+
+        sft = self.sft_config().data
+        engine = load_engine(self.out / stage, self.cfg.device)
+        items = eval_items(list(task_weights(sft)), self.cfg.eval_items, self.cfg.seed, identity_options(sft))
+        result = evaluate_tasks(engine, items, self.cfg.max_new_tokens, self.progress)
+        RunDir(self.out).write_json(f"eval_{stage}.json", result)
+        table = ", ".join(f"{k} {v['accuracy']:.0%}" for k, v in result["tasks"].items())
+        self.say(f"[eval_{stage}] {table}; score {result['score']:.3f}")
+        return {"score": result["score"], **{k: v["accuracy"] for k, v in result["tasks"].items()}}
+
+    def stage_eval_base(self) -> dict:
+        return self.evaluate("base")
+
+    def stage_eval_sft(self) -> dict:
+        return self.evaluate("sft")
+
+    def stage_report(self) -> dict:
+        from .report import write_chat_report
+
+        path = write_chat_report(self.out, self.state)
+        self.say(f"[report] wrote {path}")
+        return {}
