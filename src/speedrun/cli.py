@@ -12,6 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from .chat.template import TemplateError
 from .checkpoint import CheckpointError
 from .config import (
     ConfigError,
@@ -22,7 +23,7 @@ from .config import (
 from .data import DataError
 from .tokenizer import TokenizerError
 
-USER_ERRORS = (ConfigError, CheckpointError, TokenizerError, DataError)
+USER_ERRORS = (ConfigError, CheckpointError, TokenizerError, DataError, TemplateError)
 
 
 def cmd_train(args) -> int:
@@ -146,7 +147,7 @@ def cmd_chat(args) -> int:
     if args.seed is not None:
         torch.manual_seed(args.seed)
     engine = load_engine(args.run_dir, args.device)
-    options = dict(temperature=args.temperature, top_k=args.top_k, max_new_tokens=args.max_new_tokens)
+    options = {"temperature": args.temperature, "top_k": args.top_k, "max_new_tokens": args.max_new_tokens}
     if args.prompt is None:
         chat_loop(engine, args.system, **options)
         return 0
@@ -227,16 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="recipe each run's config is compared with (default: the run's own bundled recipe)")
     rp.set_defaults(func=cmd_report)
 
-    c = sub.add_parser("chat", help="talk with a chat model in the terminal")
-    c.add_argument("run_dir", help="a chat pipeline's folder or a run directory")
-    c.add_argument("-p", "--prompt", help="answer this one message and exit")
-    c.add_argument("--system", help="a system message that opens the conversation")
-    c.add_argument("--temperature", type=float, default=0.6, help="0 is greedy argmax")
-    c.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens; 0: all")
-    c.add_argument("--max-new-tokens", type=int, default=256, help="at most this many tokens per answer")
-    c.add_argument("--seed", type=int, help="make the sampled answers repeatable")
-    c.add_argument("--device", default="auto")
-    c.set_defaults(func=cmd_chat)
+    ch = sub.add_parser("chat", help="talk with a chat model in the terminal")
+    ch.add_argument("run_dir", help="a chat pipeline's folder or a run directory")
+    ch.add_argument("-p", "--prompt", help="answer this one message and exit")
+    ch.add_argument("--system", help="a system message that opens the conversation")
+    ch.add_argument("--temperature", type=float, default=0.6, help="0 is greedy argmax")
+    ch.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens; 0: all")
+    ch.add_argument("--max-new-tokens", type=int, default=256, help="at most this many tokens per answer")
+    ch.add_argument("--seed", type=int, help="make the sampled answers repeatable")
+    ch.add_argument("--device", default="auto")
+    ch.set_defaults(func=cmd_chat)
 
     sv = sub.add_parser("serve", help="a chat web page and API for a chat model (http://127.0.0.1:8000)")
     sv.add_argument("run_dir", help="a chat pipeline's folder or a run directory")
