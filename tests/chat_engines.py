@@ -21,8 +21,9 @@ def talkative_engine(run) -> Engine:
             if p.dim() == 2:
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
         model.head.weight = torch.nn.Parameter(torch.randn(model.head.weight.shape, generator=generator))
-        unprintable = [i for i in range(model.cfg.vocab_size)
-                       if i in engine.special or not engine.tok.decode([i]).isprintable() or "\ufffd" in engine.tok.decode([i])]
+        pieces = [engine.tok.decode([i]) for i in range(model.cfg.vocab_size)]
+        unprintable = [i for i, piece in enumerate(pieces)
+                       if i in engine.special or not piece.isprintable() or "\ufffd" in piece]
         model.head.weight[unprintable] = -1e4
     return engine
 
