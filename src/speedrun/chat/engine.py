@@ -54,17 +54,20 @@ class Engine:
         self.device = next(model.parameters()).device
         self.special = set(tokenizer.special_ids.values())
 
-    def check_prompt(self, prompt: list[int]) -> None:
-        if len(prompt) >= self.block_size:
+    def check_prompt(self, prompt: list[int], room: int = 1) -> None:
+        """Refuse a prompt that leaves fewer than `room` positions for the answer."""
+        if len(prompt) + room > self.block_size:
             raise PromptTooLong(f"the conversation is {len(prompt)} tokens and the model reads at most "
-                                f"{self.block_size}; start a new conversation or send a shorter message")
+                                f"{self.block_size}, with room for the answer; start a new conversation "
+                                "or send a shorter message")
 
     @torch.inference_mode()
     def stream(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
                top_k: int = 0, top_p: float = 1.0, seed: int | None = None):
         """Yield Events for the assistant's reply to `messages` (greedy at temperature 0)."""
         prompt = self.template.prompt(messages)
-        self.check_prompt(prompt)
+        # room for a useful answer: a quarter of the context, or all the tokens asked for if fewer
+        self.check_prompt(prompt, room=max(1, min(max_new_tokens, self.block_size // 4)))
         ids = self.template.ids
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         cache, length = self.model.new_cache(), 0
