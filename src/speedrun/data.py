@@ -121,17 +121,22 @@ def _parse_jsonl(text: str, path: Path, field: str) -> list[str]:
             raise DataError(f"{path} is not valid JSON ({e}); "
                             f"give a JSON array or one JSON object per line") from None
         return [_record_text(r, field, f"{path} record {i}") for i, r in enumerate(records)]
-    docs = []
+    return [_record_text(record, field, f"{path} line {n}")
+            for n, record in jsonl_records(text, path, f'{{"{field}": "..."}}')]
+
+
+def jsonl_records(text: str, path, example: str, error: type[Exception] = DataError):
+    """(line number, parsed value) for each non-blank line of JSONL; a line that is not
+    JSON raises `error` naming it and showing `example`, what a line should look like."""
     for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path} line {n} is not JSON ({e.msg}); each line must be one object "
-                            f"like {{\"{field}\": \"...\"}}") from None
-        docs.append(_record_text(record, field, f"{path} line {n}"))
-    return docs
+            raise error(f"{path} line {n} is not JSON ({e.msg}); each line must be one object "
+                        f"like {example}") from None
+        yield n, record
 
 
 def _record_text(record, field: str, where: str) -> str:

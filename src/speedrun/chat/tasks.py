@@ -15,7 +15,6 @@ per task (a small model must learn it); only the user's phrasing varies.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 import string
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from ..data import jsonl_records
 from .calculator import evaluate
 
 HELD_OUT_FRACTION = 0.1
@@ -358,14 +358,7 @@ def load_conversations(path) -> list[list[dict]]:
     except (OSError, UnicodeDecodeError) as e:
         raise ChatDataError(f"cannot read conversations from {path} ({e}); give a UTF-8 JSONL file") from None
     conversations = []
-    for n, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ChatDataError(f"{path} line {n} is not JSON ({e.msg}); "
-                                'each line must be one object like {"messages": [...]}') from None
+    for n, record in jsonl_records(text, path, '{"messages": [...]}', ChatDataError):
         problem = _conversation_problem(record)
         if problem:
             raise ChatDataError(f"{path} line {n}: {problem}")
