@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from .engine import Engine, PromptTooLong, assistant_message
+from .engine import Engine, PromptTooLong, assistant_message, display
 
 HELP = "type a message; /clear starts a new conversation, /quit (or Ctrl-D) leaves"
 STOP_NOTES = {"max_tokens": " [stopped at --max-new-tokens]", "context": " [stopped: the model's context is full]"}
@@ -20,14 +20,10 @@ STOP_NOTES = {"max_tokens": " [stopped at --max-new-tokens]", "context": " [stop
 def echo(events, out):
     """Pass the engine's events through, writing each to `out` as it arrives."""
     for event in events:
-        if event.kind == "text":
-            out.write(event.text)
-        elif event.kind == "tool_call":
-            out.write(f"[calc: {event.text}")
-        elif event.kind == "tool_output":
-            out.write(f" = {event.text}]")
-        else:
+        if event.kind == "end":
             out.write(STOP_NOTES.get(event.text, "") + "\n")
+        else:
+            out.write(display(event.kind, event.text))
         out.flush()
         yield event
 

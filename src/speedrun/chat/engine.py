@@ -129,17 +129,18 @@ def assistant_message(events) -> dict:
     return {"role": "assistant", "content": content}
 
 
+def display(kind: str, text: str) -> str:
+    """A part of a reply as a reader sees it: tool calls shown as [calc: 1+2 = 3]."""
+    if kind == "tool_call":
+        return f"[calc: {text}"
+    if kind == "tool_output":
+        return f" = {text}]"
+    return text
+
+
 def as_plain_text(content) -> str:
-    """A reply for display: tool calls shown as [calc: 1+2 = 3]."""
-    out = []
-    for part in parts(content):
-        if part["type"] == "tool_call":
-            out.append(f"[calc: {part['text']}")
-        elif part["type"] == "tool_output":
-            out.append(f" = {part['text']}]")
-        else:
-            out.append(part["text"])
-    return "".join(out)
+    """A whole reply for display (see `display`)."""
+    return "".join(display(part["type"], part["text"]) for part in parts(content))
 
 
 def chat_run_dir(path) -> Path:
