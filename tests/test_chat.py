@@ -183,7 +183,7 @@ def test_pipeline_rejects_unknown_keys_before_any_work(tmp_path):
     assert not (tmp_path / "p").exists()
 
 
-def test_init_from_starts_from_another_runs_weights(tmp_path, line_corpus):
+def test_init_from_starts_from_another_runs_weights(tmp_path, line_corpus, capsys):
     from speedrun.checkpoint import load_checkpoint
 
     common = ["model.n_layer=1", "model.n_embd=32", "model.block_size=32", "train.batch_size=4",
@@ -198,3 +198,6 @@ def test_init_from_starts_from_another_runs_weights(tmp_path, line_corpus):
     assert all(torch.equal(a[k], b[k]) for k in a)  # lr 0: still exactly the weights it started from
     assert main(["train", "nanogpt-cpu", "--data", str(line_corpus), "--out", str(tmp_path / "c"), "--quiet",
                  "train.steps=1", f"train.init_from={tmp_path / 'nope'}", *common]) == 2
+    assert main(["train", "nanogpt-cpu", "--data", str(line_corpus), "--out", str(tmp_path / "d"), "--quiet",
+                 "train.steps=1", f"train.init_from={tmp_path / 'a'}", *common, "model.n_embd=64"]) == 2
+    assert "does not match the model in the config" in capsys.readouterr().err

@@ -227,10 +227,7 @@ class Trainer:
 
     def resume(self) -> None:
         model_state, state = load_checkpoint(self.run.checkpoint("last"))
-        try:
-            self.model.load_state_dict(model_state)
-        except RuntimeError as e:
-            raise ConfigError(f"checkpoint does not match the model in the config ({str(e).splitlines()[0]})") from None
+        self.load_weights(model_state, "checkpoint")
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
         self.train_clock.seconds = state["train_seconds"]
@@ -255,12 +252,14 @@ class Trainer:
         if not path.is_file():
             raise ConfigError(f"train.init_from={source!r}: no checkpoint there; give a .safetensors "
                               "checkpoint or a run directory that has checkpoints/last.safetensors")
-        model_state, _ = load_checkpoint(path)
+        self.load_weights(load_checkpoint(path)[0], f"train.init_from={source!r}: its checkpoint",
+                          "; use the same [model] settings")
+
+    def load_weights(self, model_state: dict, what: str, fix: str = "") -> None:
         try:
             self.model.load_state_dict(model_state)
         except RuntimeError as e:
-            raise ConfigError(f"train.init_from={source!r} holds a different model than the config "
-                              f"({str(e).splitlines()[0]}); use the same [model] settings") from None
+            raise ConfigError(f"{what} does not match the model in the config ({str(e).splitlines()[0]}){fix}") from None
 
     def mfu(self, tokens_per_second: float) -> float:
         """Model FLOPs utilisation against the measured matmul peak of the dtype in use."""
