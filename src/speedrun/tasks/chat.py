@@ -51,7 +51,7 @@ class ChatTask:
             raise DataError("no training conversations: give data.conversations or a task weight above 0")
         self.train_rows = self.render_all(train, "training")
         held_out = [item.messages for item in mixture(weights, cfg.val_items, seed, "test", identity=identity)]
-        self.val_x, self.val_y = self.pack_in_order(self.render_all(held_out, "validation"))
+        self.val_x, self.val_y = self.to_xy(self.pack(self.render_all(held_out, "validation")))
 
     def render_all(self, conversations: list[list[dict]], split: str) -> list[tuple[list[int], list[int]]]:
         rows = [self.template.render(c) for c in conversations]
@@ -83,9 +83,6 @@ class ChatTask:
         if ids:
             rows.append((ids, mask))
         return rows
-
-    def pack_in_order(self, conversations) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.to_xy(self.pack(conversations))
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows filled with randomly drawn conversations; the one that does not fit is left out."""
