@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from speedrun.data import (DataError, build_tokenizer, download, load_documents, split_documents,
-                           token_dtype, tokenize_cached)
+                           token_dtype, tokenize_cached, unique_documents)
 from speedrun.tokenizer import EOT, BPETokenizer, CharTokenizer
 
 
@@ -198,38 +198,62 @@ def test_download_failure_says_to_pass_a_path(tmp_path):
 
 # ---------------------------------------------------------------- split
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.text(max_size=5), min_size=2, max_size=40), st.floats(0, 0.9), st.integers(0, 2**32 - 1))
-def test_split_documents_partitions_and_is_deterministic(docs, val_fraction, seed):
-    train, val = split_documents(docs, val_fraction, seed)
-    assert Counter(train) + Counter(val) == Counter(docs)
-    expected = round(val_fraction * len(docs))
-    if val_fraction > 0:
-        expected = max(expected, 1)
-    assert len(val) == min(expected, len(docs) - 1) and len(train) >= 1
-    assert split_documents(docs, val_fraction, seed) == (train, val)
+def held_out_count(fraction, n):
+    count = round(fraction * n)
+    return max(count, 1) if fraction > 0 and n > 1 else count
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.text(min_size=1, max_size=200), st.floats(0, 0.9))
-def test_split_single_document_is_contiguous(doc, val_fraction):
-    train, val = split_documents([doc], val_fraction, seed=0)
-    assert "".join(train + val) == doc and len(train) == 1
-    if val:
-        assert abs(len(val[0]) - val_fraction * len(doc)) <= 1
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.text(max_size=3), min_size=2, max_size=40), st.floats(0, 0.6), st.floats(0, 0.35),
+       st.integers(0, 2**32 - 1))
+def test_split_documents_disjoint_covering_and_deterministic(docs, val_fraction, test_fraction, seed):
+    train, val, test = split_documents(docs, val_fraction, seed, test_fraction)
+    unique = unique_documents(docs)
+    # every distinct document lands in exactly one split, in its input order
+    assert sorted(train + val + test) == sorted(unique) and len(set(train + val + test)) == len(unique)
+    for side in (train, val, test):
+        assert side == [d for d in unique if d in set(side)]
+    n = len(unique)
+    n_val = min(held_out_count(val_fraction, n), n - 1)
+    assert len(val) == n_val and len(test) == max(0, min(held_out_count(test_fraction, n), n - 1 - n_val))
+    assert len(train) >= 1
+    assert split_documents(docs, val_fraction, seed, test_fraction) == (train, val, test)
+    assert split_documents(docs, val_fraction, seed)[1] == val  # a test split leaves validation as it was
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.text(min_size=1, max_size=200), st.floats(0, 0.6), st.floats(0, 0.35))
+def test_split_single_document_is_contiguous_train_val_test(doc, val_fraction, test_fraction):
+    train, val, test = split_documents([doc], val_fraction, 0, test_fraction)
+    assert "".join(train + val + test) == doc and len(train) == 1 and train[0]
+    for side, fraction in ((val, val_fraction), (test, test_fraction)):
+        if side:
+            assert abs(len(side[0]) - fraction * len(doc)) <= 1
 
 
 def test_split_single_document_like_nanogpt():
     doc = "".join(chr(97 + i % 26) for i in range(1000))
-    assert split_documents([doc], 0.1, seed=123) == ([doc[:900]], [doc[900:]])
+    assert split_documents([doc], 0.1, seed=123) == ([doc[:900]], [doc[900:]], [])
+    # the published recipes: nanoGPT's training text, its validation text halved into val and test
+    assert split_documents([doc], 0.05, 123, 0.05) == ([doc[:900]], [doc[900:950]], [doc[950:]])
 
 
 def test_split_depends_on_seed_and_rejects_bad_fractions():
     docs = [f"doc {i}" for i in range(100)]
     assert split_documents(docs, 0.1, 1)[1] != split_documents(docs, 0.1, 2)[1]
-    assert split_documents(docs, 0.0, 1) == (docs, [])
+    assert split_documents(docs, 0.0, 1) == (docs, [], [])
     error("val_fraction", split_documents, docs, 1.0, 0)
+    error("test_fraction", split_documents, docs, 0.1, 0, -0.1)
+    error("leaves no training text", split_documents, docs, 0.5, 0, 0.5)
     error("no documents", split_documents, [], 0.1, 0)
+
+
+def test_exact_duplicates_are_dropped_before_the_split():
+    docs = [f"doc {i % 30}" for i in range(90)]  # every document three times
+    assert unique_documents(docs) == [f"doc {i}" for i in range(30)]
+    train, val, test = split_documents(docs, 0.2, 0, 0.2)
+    assert len(train) == 18 and len(val) == 6 and len(test) == 6
+    assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
 
 
 # ---------------------------------------------------------------- tokenizers and the token cache
@@ -276,6 +300,16 @@ def test_tokens_have_eot_after_every_document(tmp_path):
     assert isinstance(ids, np.memmap) and ids.dtype == np.uint16 and not ids.flags.writeable
     assert tok.decode(ids) == EOT.join(docs) + EOT
     assert (ids == tok.eot_id).sum() == len(docs)
+
+
+def test_evaluation_tokens_start_with_an_end_of_document_token(tmp_path):
+    docs = ["hello", "hi"]
+    tok = build_tokenizer("char", docs)
+    ids = tokenize_cached(docs, tok, str(tmp_path), name="val", lead_eot=True)
+    assert tok.decode(ids) == EOT + EOT.join(docs) + EOT
+    assert len(list((tmp_path / "tokens").iterdir())) == 1
+    tokenize_cached(docs, tok, str(tmp_path), name="val")  # without it: another file
+    assert len(list((tmp_path / "tokens").iterdir())) == 2
 
 
 def test_bpe_tokens_with_special_strings_in_text(tmp_path):

@@ -73,6 +73,38 @@ def test_full_eval_scores_every_token_and_bpb_by_hand(corpus):
     assert result["val_bpb"] == pytest.approx(expected_bpb)
 
 
+def test_first_validation_token_is_scored(corpus):
+    cfg = load_config("shakespeare-char", TINY + [f"data.source={json.dumps(str(corpus))}", "data.val_fraction=0.1",
+                                                  "data.test_fraction=0.0"]).data
+    task = TextTask(cfg, block_size=16, seed=0)
+    text = corpus.read_text(encoding="utf-8")
+    val_text = text[len(text) - round(0.1 * len(text)):]
+    tok = task.tokenizer
+    assert task.val_tokens[0] == tok.eot_id and tok.decode(task.val_tokens[1:]) == val_text + tok.eot
+    result = task.full_eval(Uniform(tok.vocab_size), RT)
+    assert result["val_tokens"] == len(tok.encode(val_text)) + 1  # every character and the end of the text
+
+
+def test_test_split_is_scored_only_at_the_end(tmp_path, corpus):
+    t = make_trainer(tmp_path, corpus, "train.steps=4", "train.eval_every=2", "data.val_fraction=0.1",
+                     "data.test_fraction=0.1", "data.sample_tokens=0")
+    task, tok = t.task, t.task.tokenizer
+    text = corpus.read_text(encoding="utf-8")
+    n = len(text)
+    train, val, test = (tok.decode(x).replace(tok.eot, "") for x in (task.train_tokens, task.val_tokens,
+                                                                      task.test_tokens))
+    assert (train, val, test) == (text[:n - 2 * round(0.1 * n)], text[n - 2 * round(0.1 * n):n - round(0.1 * n)],
+                                  text[n - round(0.1 * n):])
+    summary = t.train()
+    metrics = summary["metrics"]
+    assert metrics["test_tokens"] == len(task.test_tokens) - 1 and metrics["test_bpb"] > 0
+    records = [json.loads(x) for x in (t.run.path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_loss" in r] == [2, 4]
+    assert [r["step"] for r in records if "test_loss" in r] == [4]  # the final evaluation only
+    final = task.final_metrics(Uniform(tok.vocab_size), RT, 0)
+    assert final["test_loss"] == pytest.approx(math.log(tok.vocab_size)) and "eval" in final
+
+
 def test_training_run_writes_text_outputs(tmp_path, corpus):
     t = make_trainer(tmp_path, corpus, "train.steps=12", "train.eval_every=6")
     summary = t.train()

@@ -97,7 +97,8 @@ class TextData:
     val_source: str = ""  # an explicit validation source instead of a split
     text_field: str = "text"  # JSONL field, parquet column or hub dataset column
     doc_per_line: bool = False  # each non-empty line of a text file is one document
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # validation: what training and tuning look at
+    test_fraction: float = 0.0  # test: scored once, at the end (test_loss); never used for tuning
     split_seed: int = 1337
     tokenizer: Literal["char", "bpe"] = "char"
     vocab_size: int = 4096  # BPE only

@@ -141,7 +141,7 @@ class Pipeline:
         with open(self.corpus_file, "w", encoding="utf-8") as f:
             for doc in docs:
                 f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
-        train_docs, val_docs = split_documents(docs, c.val_fraction, self.base_config().data.split_seed)
+        train_docs, val_docs, _ = split_documents(docs, c.val_fraction, self.base_config().data.split_seed)
         tok = train_chat_tokenizer(train_docs, c.vocab_size, progress=self.progress)
         self.tokenizer_file.parent.mkdir(parents=True, exist_ok=True)
         self.tokenizer_file.write_text(tok.to_json(), encoding="utf-8")

@@ -1,12 +1,18 @@
 """Language modelling on the user's text: batches, honest evaluation, samples.
 
-Validation scores every token of the validation split exactly once: the
-split is cut into consecutive windows of `block_size` targets and the last,
-shorter window is scored too, so nothing is dropped and the mean is over the
-tokens actually scored. `val_bpb` divides the summed loss (in bits) by the
-UTF-8 bytes of the text those targets stand for, which makes character-level
-and BPE models comparable; end-of-document tokens stand for no text and are
-left out of it.
+The text is split into train, val and (with data.test_fraction) test. Training
+and every evaluation during the run, the best checkpoint and a target's
+time_to_target look at val only; test is scored once, after training, so the
+figures reported on it were never tuned on.
+
+An evaluation scores every token of its split exactly once, the first
+included: the split's token file starts with an end-of-document token that
+is context only, then the split is cut into consecutive windows of
+`block_size` targets and the last, shorter window is scored too, so nothing is
+dropped and the mean is over the tokens actually scored. `val_bpb` (`test_bpb`)
+divides the summed loss (in bits) by the UTF-8 bytes of the text those targets
+stand for, which makes character-level and BPE models comparable;
+end-of-document tokens stand for no text and are left out of it.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from ..tokenizer import load_tokenizer_file
 
 
 def eval_windows(n_tokens: int, block_size: int) -> list[tuple[int, int]]:
-    """(start, length) windows whose targets cover tokens 1..n_tokens-1 exactly once."""
+    """(start, length) windows whose targets cover tokens 1..n_tokens-1 exactly once
+    (token 0 of an evaluation split is its leading end-of-document token)."""
     targets = n_tokens - 1
     return [(s, min(block_size, targets - s)) for s in range(0, targets, block_size)]
 
@@ -53,19 +60,25 @@ class TextTask:
         if not source:
             raise DataError("no training text: pass --data PATH (a file, folder, glob, .jsonl, .parquet or hf:NAME)")
         docs = load_documents(source, cfg.text_field, cfg.doc_per_line, cfg.hf_split)
-        if cfg.val_source:
-            train_docs, val_docs = docs, load_documents(cfg.val_source, cfg.text_field, cfg.doc_per_line,
-                                                        cfg.hf_split)
+        if cfg.val_source:  # the source holds train (and test); validation comes from val_source
+            train_docs, _, test_docs = split_documents(docs, 0.0, cfg.split_seed, cfg.test_fraction)
+            val_docs = load_documents(cfg.val_source, cfg.text_field, cfg.doc_per_line, cfg.hf_split)
         else:
-            train_docs, val_docs = split_documents(docs, cfg.val_fraction, cfg.split_seed)
-        # A character vocabulary covers the validation text too, so no validation
-        # character is unencodable; BPE learns from the training text only.
-        vocab_docs = train_docs + val_docs if cfg.tokenizer == "char" else train_docs
+            train_docs, val_docs, test_docs = split_documents(docs, cfg.val_fraction, cfg.split_seed,
+                                                              cfg.test_fraction)
+        if not val_docs:
+            raise DataError("there is no validation text; set data.val_fraction above 0 or give data.val_source")
+        # A character vocabulary covers the held-out text too, so no held-out character is
+        # unencodable (it learns the character set, nothing about the text's statistics);
+        # BPE learns from the training text only.
+        vocab_docs = train_docs + val_docs + test_docs if cfg.tokenizer == "char" else train_docs
         if tokenizer is None and cfg.tokenizer_file:
             tokenizer = load_tokenizer_file(cfg.tokenizer_file)
         self.tokenizer = tokenizer or build_tokenizer(cfg.tokenizer, vocab_docs, cfg.vocab_size)
         self.train_tokens = tokenize_cached(train_docs, self.tokenizer, cfg.cache_dir, "train")
-        self.val_tokens = tokenize_cached(val_docs, self.tokenizer, cfg.cache_dir, "val")
+        self.val_tokens = tokenize_cached(val_docs, self.tokenizer, cfg.cache_dir, "val", lead_eot=True)
+        self.test_tokens = (tokenize_cached(test_docs, self.tokenizer, cfg.cache_dir, "test", lead_eot=True)
+                            if test_docs else None)
         for split, tokens in (("training", self.train_tokens), ("validation", self.val_tokens)):
             if len(tokens) < block_size + 2:
                 raise DataError(f"the {split} text has {len(tokens)} tokens, fewer than one block of "
@@ -110,9 +123,10 @@ class TextTask:
 
     # --- evaluation ----------------------------------------------------
     @torch.inference_mode()
-    def score(self, model, rt: Runtime, windows: list[tuple[int, int]], batch_size: int = 64) -> dict:
-        """Sums over the targets of `windows`: loss in nats (all tokens), loss in bits
-        on tokens that stand for text, token count and UTF-8 byte count."""
+    def score(self, model, rt: Runtime, tokens: np.ndarray, windows: list[tuple[int, int]],
+              batch_size: int = 64) -> dict:
+        """Sums over the targets of `windows` of `tokens`: loss in nats (all tokens), loss
+        in bits on tokens that stand for text, token count and UTF-8 byte count."""
         total = {"nats": 0.0, "text_bits": 0.0, "tokens": 0, "bytes": 0.0}
         by_length: dict[int, list[int]] = {}
         for start, length in windows:
@@ -121,7 +135,7 @@ class TextTask:
             for length, starts in by_length.items():
                 for i in range(0, len(starts), batch_size):
                     s = np.array(starts[i:i + batch_size])
-                    rows = torch.from_numpy(self.val_tokens[s[:, None] + np.arange(length + 1)].astype(np.int64))
+                    rows = torch.from_numpy(tokens[s[:, None] + np.arange(length + 1)].astype(np.int64))
                     with rt.autocast():
                         logits = model(rows[:, :-1].to(rt.device))
                     y = rows[:, 1:].reshape(-1)
@@ -134,17 +148,20 @@ class TextTask:
                     total["bytes"] += nbytes.sum().item()
         return total
 
-    def full_eval(self, model, rt: Runtime) -> dict:
-        s = self.score(model, rt, eval_windows(len(self.val_tokens), self.block_size))
-        val_loss = s["nats"] / s["tokens"]
-        return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0)),
-                "val_bpb": s["text_bits"] / max(s["bytes"], 1.0), "val_tokens": s["tokens"], "eval": "full"}
+    def full_eval(self, model, rt: Runtime, split: str = "val") -> dict:
+        """The whole split scored: {split}_loss, _perplexity, _bpb and _tokens."""
+        tokens = self.test_tokens if split == "test" else self.val_tokens
+        s = self.score(model, rt, tokens, eval_windows(len(tokens), self.block_size))
+        loss = s["nats"] / s["tokens"]
+        metrics = {f"{split}_loss": loss, f"{split}_perplexity": math.exp(min(loss, 50.0)),
+                   f"{split}_bpb": s["text_bits"] / max(s["bytes"], 1.0), f"{split}_tokens": s["tokens"]}
+        return {**metrics, "eval": "full"} if split == "val" else metrics
 
     def sampled_eval(self, model, rt: Runtime, step: int, batch_size: int = 64) -> dict:
         """A cheaper estimate on random windows (data.eval_batches batches), seeded by step."""
         g = np.random.default_rng([self.seed, step])
         starts = g.integers(0, len(self.val_tokens) - self.block_size - 1, self.cfg.eval_batches * batch_size)
-        s = self.score(model, rt, [(int(st), self.block_size) for st in starts], batch_size)
+        s = self.score(model, rt, self.val_tokens, [(int(st), self.block_size) for st in starts], batch_size)
         return {"val_loss": s["nats"] / s["tokens"], "eval": "sampled"}
 
     def sample(self, model, rt: Runtime, step: int) -> str:
@@ -166,4 +183,8 @@ class TextTask:
         return metrics
 
     def final_metrics(self, model, rt: Runtime, step: int) -> dict:
-        return self.evaluate(model, rt, step, final=True)
+        """The whole validation split, and the test split when there is one (only here)."""
+        metrics = self.evaluate(model, rt, step, final=True)
+        if self.test_tokens is not None:
+            metrics.update(self.full_eval(model, rt, "test"))
+        return metrics
