@@ -34,7 +34,7 @@ def test_train_writes_run_directory(run_dir):
     assert any("val_loss" in r for r in lines)
     assert "n_embd = 16" in (run_dir / "config.toml").read_text()
     assert (run_dir / "checkpoints" / "last.safetensors").is_file()
-    assert "done: 30 steps" in (run_dir / "train.log").read_text()
+    assert ": 30 steps in" in (run_dir / "train.log").read_text()
 
 
 def test_sample_loads_checkpoint(run_dir, capsys):

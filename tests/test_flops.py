@@ -21,9 +21,9 @@ def test_peak_is_measured_and_cached(tmp_path, monkeypatch):
     calls = []
     real = measure_peak
 
-    def counting(device, dtype, size=256, seconds=0.05):
+    def counting(device, dtype, size=256, trials=3):
         calls.append(dtype)
-        return real(device, dtype, size=size, seconds=seconds)
+        return real(device, dtype, size=size, trials=trials)
 
     monkeypatch.setattr("speedrun.flops.measure_peak", counting)
     torch.manual_seed(0)

@@ -103,3 +103,37 @@ def test_schedules():
     assert lr_factor(wsd, 5, 0.9) == pytest.approx(0.5) and lr_factor(wsd, 5, 1.0) == pytest.approx(0.0)
     const = OptimConfig(schedule="constant")
     assert lr_factor(const, 5, 0.99) == 1.0
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_newton_schulz_dtype_follows_the_bf16_decision(native, monkeypatch):
+    """Muon orthogonalises in bf16 only where the run's dtype is bf16, which `auto` picks only
+    on hardware with native bf16; small matrices stay fp32 on a CPU either way."""
+    from speedrun import device, optim
+    from speedrun.config import ModelConfig
+    from speedrun.device import setup_runtime
+    from speedrun.model import GPT
+
+    monkeypatch.setattr(device, "native_bf16", lambda device_type: native)
+    rt = setup_runtime("cpu", "auto", 256)
+    assert rt.dtype == (torch.bfloat16 if native else torch.float32)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=256, block_size=8, vocab_size=11))
+    seen = []
+    real = optim.newton_schulz
+
+    def spy(g, *args, dtype, **kw):
+        seen.append((tuple(g.shape[1:]), dtype))
+        return real(g, *args, dtype=dtype, **kw)
+
+    monkeypatch.setattr(optim, "newton_schulz", spy)
+    opt = build_optimizer(model, OptimConfig(name="muon"), rt.dtype)
+    x = torch.randint(0, 11, (2, 8))
+    model(x, x)[1].backward()
+    opt.step()
+    assert seen and all(d == (torch.bfloat16 if native else torch.float32) for _, d in seen)
+    small = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=8, vocab_size=11))
+    seen.clear()
+    opt = build_optimizer(small, OptimConfig(name="muon"), torch.bfloat16)
+    small(x, x)[1].backward()
+    opt.step()
+    assert seen and all(d == torch.float32 for _, d in seen)

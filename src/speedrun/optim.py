@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from .config import OptimConfig
+from .device import CPU_BF16_MIN_WIDTH
 
 # Coefficients of the quintic Newton-Schulz iteration tuned for speed of
 # convergence of singular values towards 1 (Keller Jordan's Muon write-up).
@@ -22,7 +23,7 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
 def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7,
-                  dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Approximately orthogonalise g (..., m, n): its singular values go to ~1."""
     a, b, c = NS_COEFFS
     x = g.to(dtype)
@@ -36,10 +37,14 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7,
     return (x.mT if tall else x).to(g.dtype)
 
 
-def ns_dtype(p: torch.Tensor) -> torch.dtype:
-    """bf16, except for small matrices on a CPU, where bf16 matmuls of that size
-    run slower than fp32 (measured: 3x slower at 96x32, even at 384x128)."""
-    return torch.float32 if p.device.type == "cpu" and min(p.shape) < 256 else torch.bfloat16
+def ns_dtype(p: torch.Tensor, compute_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of Newton-Schulz for p: the run's matmul dtype (`Runtime.dtype`, bf16
+    only where the hardware runs it natively: emulated bf16 made Muon 6.5x slower than
+    AdamW on a CPU without AVX-512), except fp32 for small matrices on a CPU, where even
+    native bf16 matmuls of that size run slower (measured: 3x slower at 96x32, and at 384x128)."""
+    if compute_dtype == torch.float32 or (p.device.type == "cpu" and min(p.shape) < CPU_BF16_MIN_WIDTH):
+        return torch.float32
+    return compute_dtype
 
 
 class Muon(torch.optim.Optimizer):
@@ -47,8 +52,9 @@ class Muon(torch.optim.Optimizer):
     and scaled by sqrt(max(1, rows/cols)) so tall and wide matrices move alike.
     Matrices of one shape are orthogonalised together, as one batch."""
 
-    def __init__(self, groups, momentum=0.95):
+    def __init__(self, groups, momentum=0.95, compute_dtype: torch.dtype = torch.float32):
         super().__init__(groups, dict(momentum=momentum, weight_decay=0.0))
+        self.compute_dtype = compute_dtype
 
     @torch.no_grad()
     def step(self):
@@ -67,7 +73,7 @@ class Muon(torch.optim.Optimizer):
                     buf = state["momentum_buffer"]
                     buf.lerp_(p.grad, 1 - mom)
                     updates.append(p.grad.lerp(buf, mom))  # Nesterov: look ahead along the momentum
-                ortho = newton_schulz(torch.stack(updates), dtype=ns_dtype(params[0]))
+                ortho = newton_schulz(torch.stack(updates), dtype=ns_dtype(params[0], self.compute_dtype))
                 scale = max(1.0, shape[0] / shape[1]) ** 0.5
                 for p, u in zip(params, ortho.unbind(0)):
                     if wd:
@@ -125,7 +131,9 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> Optimizers:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, compute_dtype: torch.dtype = torch.float32) -> Optimizers:
+    """AdamW, or Muon plus AdamW; Muon's Newton-Schulz runs in `compute_dtype` (the run's
+    `Runtime.dtype`) where the matrices are large enough for it to pay."""
     groups = param_groups(model, cfg)
     for g in groups:
         g["lr"] = g["peak_lr"]
@@ -133,7 +141,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> Optimizers:
     adam = [g for g in groups if g["kind"] == "adamw"]
     optimizers = [torch.optim.AdamW(adam, betas=(cfg.beta1, cfg.beta2), eps=1e-8)]
     if muon:
-        optimizers.append(Muon(muon, momentum=cfg.muon_momentum))
+        optimizers.append(Muon(muon, momentum=cfg.muon_momentum, compute_dtype=compute_dtype))
     return Optimizers(optimizers)
 
 

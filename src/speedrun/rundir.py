@@ -116,7 +116,7 @@ def load_run_model(run_dir: str, device: str = "cpu"):
         raise ConfigError(f"run directory {run_dir} does not exist; pass the folder `speedrun train` printed")
     model_state, state = load_checkpoint(run.checkpoint("last"))
     cfg = config_from_dict(state["config"])
-    rt = setup_runtime(device, cfg.dtype)
+    rt = setup_runtime(device, cfg.dtype, cfg.model.n_embd)
     model = GPT(cfg.model)
     model.load_state_dict(model_state)
     model.to(rt.device).eval()

@@ -1,8 +1,11 @@
 """The training loop, the same for every task.
 
-The clock (`train_seconds`) counts only optimizer steps and the batches they
-eat; evaluation, sampling and checkpointing are timed separately, so a run's
-speed is not flattered or penalised by how often it is checked.
+Every run is timed twice. The headline is wall-clock from process start
+(`wall_seconds`, and `time_to_target` / `time_to_verified`): setup, compilation,
+evaluation and checkpoints all count, and a time budget is spent on that clock.
+Beside it, finer clocks split the same time: `train_seconds` counts only
+optimizer steps and the batches they eat; `setup_seconds`, `compile_seconds`,
+`eval_seconds` and `checkpoint_seconds` the rest.
 
 A checkpoint holds everything the loop's future depends on (weights,
 optimizer state, step, clocks, RNG states, the task's data position), so a
@@ -23,34 +26,15 @@ import torch
 
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
+from .clock import Clock
 from .config import Config, ConfigError, config_from_dict, to_dict
-from .device import Runtime, hardware
+from .device import Runtime, cpu_flags, hardware
 from .flops import flops_per_token, peak_flops
 from .metrics_log import MetricsLog
 from .model import GPT
 from .optim import build_optimizer, lr_factor, set_lr
 from .rundir import RunDir, git_commit
 from .tasks import build_task
-
-
-class Clock:
-    """Wall-clock seconds of one kind of work, synchronising CUDA before reading."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.seconds, self._t0 = device, 0.0, None
-
-    def __enter__(self):
-        self._sync()
-        self._t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self._sync()
-        self.seconds += time.perf_counter() - self._t0
-
-    def _sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
 
 class Progress:
@@ -173,9 +157,18 @@ class NoLog:
         pass
 
 
+# torch.compile's first compile of a shape costs 20-50 s on a 2-core CPU and buys ~1.3x the
+# tokens per second, so it pays back only in runs of several minutes.
+COMPILE_PAYS_AFTER_SECONDS = 300.0
+# The MFU a run of our small models reaches at best, to estimate how long an unbudgeted run takes.
+ESTIMATED_MFU = 0.3
+
+
 class Trainer:
     def __init__(self, cfg: Config, run: RunDir, rt: Runtime, progress: bool = True,
-                 dist: distributed.Dist = distributed.Dist()):
+                 dist: distributed.Dist = distributed.Dist(), started: float | None = None):
+        # the wall clock starts at process start when the CLI passes it, else now
+        self.started = time.perf_counter() if started is None else started
         self.cfg, self.run, self.rt, self.dist = cfg, run, rt, dist
         self.show_progress = progress and dist.is_main
         if cfg.train.grad_accum % dist.world:
@@ -184,29 +177,71 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.task = build_task(cfg)
         self.model = build_model(cfg, self.task, rt)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.optimizer = build_optimizer(self.model, cfg.optim, rt.dtype)
         wrapped = self.model
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
             wrapped = DistributedDataParallel(self.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-        self.step_fn = torch.compile(wrapped) if cfg.train.compile else wrapped
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         tc = cfg.train
         self.tokens_per_step = tc.batch_size * tc.grad_accum * self.task.block_size
         self.flops_per_token = flops_per_token(self.model, self.task.block_size)
         self.peak_flops = peak_flops(rt.device, rt.dtype)  # measured once per machine, then cached
-        self.total_steps = tc.steps
+        self.peak_refreshed = False
+        # A time budget lifts the step count (the run lasts the budget); max_steps caps both.
+        steps = tc.steps
         if getattr(cfg.data, "epochs", 0) > 0:
-            self.total_steps = self.task.steps_for_epochs(self.tokens_per_step)
+            steps = self.task.steps_for_epochs(self.tokens_per_step)
+        self.total_steps = tc.max_steps or None if tc.time_budget > 0 else min(steps, tc.max_steps or steps)
+        self.compile = self.should_compile()
+        self.step_fn = torch.compile(wrapped) if self.compile else wrapped
         self.step = 0
-        self.train_clock, self.eval_clock, self.ckpt_clock = (Clock(rt.device) for _ in range(3))
+        self.train_clock, self.eval_clock, self.ckpt_clock, self.compile_clock = (Clock(rt.device) for _ in range(4))
+        self.wall_before = 0.0  # wall-clock seconds of earlier processes of a resumed run
+        self.setup_seconds = 0.0
         self.best_val_loss = float("inf")
-        self.time_to_target = None
+        self.time_to_target = None  # wall-clock seconds at the evaluation that first reached the target
+        self.train_seconds_to_target = None
+        self.time_to_verified = None  # wall-clock seconds when the task's exhaustive check passed
         self.stopped_by = "steps"
         self.skipped_steps = 0
         if dist.is_main:
             (run.path / "tokenizer.json").write_text(self.task.tokenizer.to_json(), encoding="utf-8")
+
+    def wall_seconds(self) -> float:
+        """Wall-clock seconds of this run so far, from process start (earlier processes included)."""
+        return self.wall_before + time.perf_counter() - self.started
+
+    def should_compile(self) -> bool:
+        """train.compile=auto compiles only when the run is expected to last long enough
+        for the faster steps to pay back a cold compile: its time budget, or else its
+        steps' FLOPs at ESTIMATED_MFU of the measured peak, must reach COMPILE_PAYS_AFTER_SECONDS."""
+        setting = self.cfg.train.compile
+        if setting != "auto":
+            return bool(setting)
+        if self.rt.device.type == "mps":
+            return False
+        if self.cfg.train.time_budget > 0:
+            expected = self.cfg.train.time_budget
+        else:
+            flops = self.total_steps * self.tokens_per_step * self.flops_per_token
+            expected = flops / (self.peak_flops * ESTIMATED_MFU)
+        return expected >= COMPILE_PAYS_AFTER_SECONDS
+
+    def warm_up_compile(self) -> None:
+        """Compile before the first step, on the clock: one forward and backward of a
+        training-shaped batch of zeros, its gradients dropped. Timed as compile_seconds,
+        which count in wall_seconds and in the time budget, not in train_seconds."""
+        x = torch.zeros(self.cfg.train.batch_size, self.task.block_size, dtype=torch.long, device=self.rt.device)
+        rng = torch.get_rng_state()
+        with self.compile_clock:
+            with self.rt.autocast():
+                _, loss = self.step_fn(x, x)
+            loss.backward()
+            self.optimizer.zero_grad(set_to_none=True)
+        torch.set_rng_state(rng)
+        self.say(f"compiled in {self.compile_clock.seconds:.1f}s (train.compile={self.cfg.train.compile})")
 
     # --- checkpoints ---------------------------------------------------
     def save(self, name: str) -> None:
@@ -216,8 +251,11 @@ class Trainer:
             state = {
                 "config": to_dict(self.cfg), "step": self.step, "optimizer": self.optimizer.state_dict(),
                 "train_seconds": self.train_clock.seconds, "eval_seconds": self.eval_clock.seconds,
-                "checkpoint_seconds": self.ckpt_clock.seconds, "best_val_loss": self.best_val_loss,
-                "time_to_target": self.time_to_target, "tokenizer": self.task.tokenizer.to_json(),
+                "checkpoint_seconds": self.ckpt_clock.seconds, "compile_seconds": self.compile_clock.seconds,
+                "setup_seconds": self.setup_seconds, "wall_seconds": self.wall_seconds(),
+                "best_val_loss": self.best_val_loss, "time_to_target": self.time_to_target,
+                "train_seconds_to_target": self.train_seconds_to_target, "time_to_verified": self.time_to_verified,
+                "tokenizer": self.task.tokenizer.to_json(),
                 "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
                 "task": self.task.state_dict() if hasattr(self.task, "state_dict") else {},
             }
@@ -233,8 +271,14 @@ class Trainer:
         self.train_clock.seconds = state["train_seconds"]
         self.eval_clock.seconds = state["eval_seconds"]
         self.ckpt_clock.seconds = state["checkpoint_seconds"]
+        self.compile_clock.seconds = state.get("compile_seconds", 0.0)
+        self.setup_seconds = state.get("setup_seconds", 0.0)
+        # this process's own start-up counts again: it is a cost of the interruption
+        self.wall_before = state.get("wall_seconds", state["train_seconds"])
         self.best_val_loss = state["best_val_loss"] if state["best_val_loss"] is not None else float("inf")
         self.time_to_target = state["time_to_target"]
+        self.train_seconds_to_target = state.get("train_seconds_to_target")
+        self.time_to_verified = state.get("time_to_verified")
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["generator"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
@@ -262,8 +306,17 @@ class Trainer:
             raise ConfigError(f"{what} does not match the model in the config ({str(e).splitlines()[0]}){fix}") from None
 
     def mfu(self, tokens_per_second: float) -> float:
-        """Model FLOPs utilisation against the measured matmul peak of the dtype in use."""
-        return tokens_per_second * self.flops_per_token / self.peak_flops
+        """Model FLOPs utilisation against the measured matmul peak of the dtype the
+        matmuls run in. Over 100% means the cached peak was measured on a busy machine:
+        it is measured again, once, rather than printed."""
+        value = tokens_per_second * self.flops_per_token / self.peak_flops
+        if value > 1 and not self.peak_refreshed:
+            self.say(f"MFU would be {value:.0%} of the cached {self.peak_flops / 1e9:,.0f} GFLOP/s "
+                     f"{self.rt.dtype_name} peak: the cache is stale, measuring the peak again")
+            self.peak_flops = peak_flops(self.rt.device, self.rt.dtype, refresh=True)
+            self.peak_refreshed = True
+            value = tokens_per_second * self.flops_per_token / self.peak_flops
+        return value
 
     # --- the loop ------------------------------------------------------
     def say(self, line: str) -> None:
@@ -293,9 +346,12 @@ class Trainer:
         if val is not None and full and val < self.best_val_loss:
             self.best_val_loss = val
             self.save("best")
+        if metrics.get("verified") and self.time_to_verified is None:
+            self.time_to_verified = self.wall_seconds()
         if target > 0 and val is not None and val <= target and self.time_to_target is None:
             if full:
-                self.time_to_target = self.train_clock.seconds
+                self.time_to_target = self.wall_seconds()
+                self.train_seconds_to_target = self.train_clock.seconds
                 if not final and self.cfg.train.stop_at_target:
                     self.stopped_by = "target"
             else:  # a sampled estimate reached it: confirm on the whole split
@@ -311,15 +367,23 @@ class Trainer:
         self.say(message)
         raise Diverged(message)
 
+    def progress(self) -> float:
+        """How far along the schedule is: by steps, by the time budget, whichever is further,
+        so a run anneals before it stops, whichever stops it."""
+        warmup = self.cfg.optim.warmup_steps
+        # the step about to be taken is number step + 1: the last one runs at the schedule's end
+        by_steps = (self.step + 1 - warmup) / max(1, self.total_steps - warmup) if self.total_steps else 0.0
+        budget = self.cfg.train.time_budget
+        if budget <= 0:
+            return by_steps
+        # over the part of the budget left when training began (setup and compile spent the rest)
+        begun = self.setup_seconds + self.compile_clock.seconds
+        return max(by_steps, (self.wall_seconds() - begun) / max(budget - begun, 1e-9))
+
     def run_loop(self) -> None:
         cfg, tc = self.cfg, self.cfg.train
-        warmup = cfg.optim.warmup_steps
-        while self.step < self.total_steps:
-            if tc.time_budget > 0:
-                done_fraction = self.train_clock.seconds / tc.time_budget
-            else:
-                done_fraction = (self.step - warmup) / max(1, self.total_steps - warmup)
-            lr_scale = lr_factor(cfg.optim, self.step, done_fraction)
+        while self.total_steps is None or self.step < self.total_steps:
+            lr_scale = lr_factor(cfg.optim, self.step, self.progress())
             with self.train_clock:
                 set_lr(self.optimizer, lr_scale)
                 loss, skipped = train_step(self.step_fn, self.model, self.optimizer, self.task, cfg, self.rt,
@@ -348,9 +412,10 @@ class Trainer:
                                   "mfu": self.mfu(tps)})
                 if self.dist.is_main:
                     self.run.log(f"step {self.step} loss {loss_value:.4f} {tps:,.0f} tok/s")
-            if tc.time_budget > 0 and self.train_clock.seconds >= tc.time_budget:
+            if tc.time_budget > 0 and self.wall_seconds() >= tc.time_budget:
                 self.stopped_by = "time_budget"
-            if tc.eval_every and self.step % tc.eval_every == 0 and self.step < self.total_steps:
+            if tc.eval_every and self.step % tc.eval_every == 0 and self.step != self.total_steps \
+                    and self.stopped_by == "steps":
                 if self.dist.is_main:
                     self.evaluate()
                 self.save("last")
@@ -372,7 +437,10 @@ class Trainer:
         self.bar = Progress(self.total_steps, self.step, self.show_progress)
         verb = "resuming at step " + str(self.step) if resume else "training"
         self.say(f"speedrun {self.cfg.recipe or self.cfg.task}: {verb}, {self.model.num_params():,} parameters "
-                 f"on {self.rt.device} ({self.rt.dtype_name})")
+                 f"on {self.rt.device} ({self.rt.dtype_name}{', compiled' if self.compile else ''})")
+        self.setup_seconds += time.perf_counter() - self.started
+        if self.compile:
+            self.warm_up_compile()
         tc = self.cfg.train
         if not self.dist.is_main:
             self.metrics = NoLog()
@@ -403,11 +471,13 @@ class Trainer:
             "recipe": cfg.recipe, "task": cfg.task, "seed": cfg.train.seed, "steps": self.step,
             "stopped_by": self.stopped_by, "params": self.model.num_params(),
             "train_seconds": self.train_clock.seconds, "eval_seconds": self.eval_clock.seconds,
-            "checkpoint_seconds": self.ckpt_clock.seconds,
+            "checkpoint_seconds": self.ckpt_clock.seconds, "compile_seconds": self.compile_clock.seconds,
+            "setup_seconds": self.setup_seconds, "compiled": self.compile,
             "tokens": self.step * self.tokens_per_step,
             "tokens_per_second": tps,
             "flops_per_token": self.flops_per_token, "peak_flops": self.peak_flops, "mfu": self.mfu(tps),
-            "device": str(self.rt.device), "dtype": self.rt.dtype_name, "hardware": hardware(),
+            "device": str(self.rt.device), "dtype": self.rt.dtype_name,
+            "hardware": {**hardware(), "cpu_flags": cpu_flags()},
             "torch_version": torch.__version__,
             "python_version": platform.python_version(), "git_commit": git_commit(),
             "metrics": final,
@@ -416,8 +486,13 @@ class Trainer:
             summary["metrics"]["best_val_loss"] = self.best_val_loss
             summary["target_val_loss"] = cfg.train.target_val_loss or None
             summary["time_to_target"] = self.time_to_target
+            summary["train_seconds_to_target"] = self.train_seconds_to_target
+        if "exact_match" in final:
+            summary["time_to_verified"] = self.time_to_verified
+        summary["wall_seconds"] = self.wall_seconds()  # last, so that it covers everything before it
         self.run.write_json("summary.json", summary)
-        self.say(f"done: {self.step} steps in {self.train_clock.seconds:.1f}s of training "
+        self.say(f"done in {summary['wall_seconds']:.1f}s of wall-clock: {self.step} steps in "
+                 f"{self.train_clock.seconds:.1f}s of training "
                  f"({tps:,.0f} tokens/s, MFU {summary['mfu']:.1%} of a measured "
                  f"{self.peak_flops / 1e9:,.0f} GFLOP/s {self.rt.dtype_name} peak), "
                  f"{self.eval_clock.seconds:.1f}s of evaluation; " +
@@ -426,5 +501,5 @@ class Trainer:
 
 
 def train(cfg: Config, run: RunDir, rt: Runtime, progress: bool = True, resume: bool = False,
-          dist: distributed.Dist = distributed.Dist()) -> dict:
-    return Trainer(cfg, run, rt, progress, dist).train(resume=resume)
+          dist: distributed.Dist = distributed.Dist(), started: float | None = None) -> dict:
+    return Trainer(cfg, run, rt, progress, dist, started).train(resume=resume)

@@ -161,4 +161,4 @@ def load_engine(path, device: str = "cpu") -> Engine:
     model trained in bf16: one token at a time, autocast's casts cost more than
     they save (about 3x slower per token, measured at 4 x 256)."""
     model, tok, _, rt = load_run_model(chat_run_dir(path), device)
-    return Engine(model, tok, rt.autocast if rt.device.type == "cuda" else contextlib.nullcontext)
+    return Engine(model, tok, rt.generation_autocast)
