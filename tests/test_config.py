@@ -114,3 +114,12 @@ def test_any_unknown_key_is_a_config_error(key):
         load_config("addition", [f"{key}=1"])
     with pytest.raises(ConfigError, match="unknown config key"):
         load_config("addition", [f"train.{key}x=1"])
+
+
+def test_no_bundled_recipe_forces_bf16():
+    """Recipes say dtype = "auto" (bf16 only where native) or leave it to the default."""
+    from speedrun.config import read_recipe, recipe_names
+
+    for name in recipe_names():
+        assert read_recipe(name)[1].get("dtype", "auto") == "auto", name
+        assert load_config(name).dtype == "auto", name

@@ -28,6 +28,7 @@ USER_ERRORS = (ConfigError, CheckpointError, TokenizerError, DataError, Template
 
 def cmd_train(args) -> int:
     from . import distributed
+    from .clock import process_start
     from .device import setup_runtime
     from .rundir import RunDir
     from .trainer import Diverged, Interrupted, resume_config, train
@@ -44,7 +45,8 @@ def cmd_train(args) -> int:
         overrides = list(args.overrides) + ([f"data.source={json.dumps(args.data)}"] if args.data else [])
         cfg = load_config(args.recipe, overrides)
         run = None
-    rt = setup_runtime(cfg.device, cfg.dtype)
+    started = process_start()
+    rt = setup_runtime(cfg.device, cfg.dtype, cfg.model.n_embd)
     dist = distributed.init(distributed.from_environment(), rt.device)
     try:
         if run is None:  # rank 0 makes the run directory; the others use its path
@@ -53,7 +55,7 @@ def cmd_train(args) -> int:
         if dist.is_main:
             print(f"run directory: {run.path}" + (f" ({dist.world} processes)" if dist.enabled else ""), flush=True)
         try:
-            train(cfg, run, rt, progress=not args.quiet, resume=bool(args.resume), dist=dist)
+            train(cfg, run, rt, progress=not args.quiet, resume=bool(args.resume), dist=dist, started=started)
         except USER_ERRORS:
             if dist.is_main and not args.resume and not run.checkpoints.exists():
                 shutil.rmtree(run.path)  # a run that never started leaves no folder to clash with a retry
@@ -87,7 +89,7 @@ def cmd_sample(args) -> int:
     start = tok.encode(args.prompt) if args.prompt else [tok.eot_id]
     generator = torch.Generator().manual_seed(args.seed)
     idx = torch.tensor([start], device=rt.device)
-    with rt.autocast():
+    with rt.generation_autocast():
         out = generate(model, idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                        top_p=args.top_p, stop_token=tok.eot_id, generator=generator)
     text = tok.decode(out[0, len(start):].tolist())
@@ -101,15 +103,19 @@ def cmd_sample(args) -> int:
 def cmd_bench(args) -> int:
     import torch
 
-    from .device import hardware, pick_device
-    from .flops import peak_flops
+    from .device import cpu_flags, hardware, native_bf16, pick_device
+    from .flops import peak_record
 
     device = pick_device(args.device)
     print(f"{hardware()['gpu'] if device.type == 'cuda' else hardware()['cpu']} ({device}, "
           f"{torch.get_num_threads()} threads)")
+    if device.type == "cpu":
+        print(f"flags: {' '.join(cpu_flags()) or 'none read'}")
+    print(f"native bf16: {'yes' if native_bf16(device.type) else 'no (bf16 is emulated: dtype=auto trains in fp32)'}")
     for dtype in (torch.float32, torch.bfloat16):
-        peak = peak_flops(device, dtype, refresh=True)
-        print(f"{str(dtype).replace('torch.', ''):>9} matmul peak: {peak / 1e9:,.0f} GFLOP/s")
+        peak = peak_record(device, dtype, refresh=True)
+        print(f"{str(dtype).replace('torch.', ''):>9} matmul peak: {peak['flops'] / 1e9:,.0f} GFLOP/s "
+              f"({peak['method']}, {peak['measured']})")
     return 0
 
 

@@ -63,16 +63,17 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000
+    steps: int = 1000  # the run's length without a time budget (a budget lifts it: see max_steps)
+    max_steps: int = 0  # a cap on steps that also holds under a time budget; 0: none
     batch_size: int = 64
     grad_accum: int = 1
     seed: int = 1337
     log_every: int = 50
     eval_every: int = 0  # 0: only at the end
-    time_budget: float = 0.0  # seconds of training; 0: no budget
+    time_budget: float = 0.0  # wall-clock seconds from process start until training stops; 0: none
     target_val_loss: float = 0.0  # record time_to_target once val_loss <= target; 0: off
     stop_at_target: bool = True  # stop training when the target is reached
-    compile: bool = False
+    compile: Literal[True, False, "auto"] = "auto"  # auto: only when the run is long enough to pay it back
     skip_nonfinite: int = 0  # steps with a NaN/inf loss whose update may be dropped before stopping
     tensorboard: bool = True  # event files in the run directory when tensorboard is installed
     wandb_project: str = ""  # log to Weights & Biases too (pip install wandb)
@@ -185,6 +186,10 @@ def recipe_description(name: str) -> str:
 def _check_type(value: Any, tp: Any, where: str) -> Any:
     """Validate (and gently coerce int -> float) one value against a type hint."""
     if get_origin(tp) is Literal:
+        if any(isinstance(c, bool) for c in get_args(tp)) and not (
+                isinstance(value, bool) or (isinstance(value, str) and value in get_args(tp))):
+            others = ", ".join(repr(c) for c in get_args(tp) if not isinstance(c, bool))
+            raise ConfigError(f"{where} = {value!r} has the wrong type; expected bool or {others}")
         if value not in get_args(tp):
             choices = ", ".join(repr(c) for c in get_args(tp))
             raise ConfigError(f"{where} = {value!r} is not allowed; expected one of {choices}")
@@ -273,6 +278,8 @@ def _validate(cfg: Config) -> None:
     for name in ("steps", "batch_size", "grad_accum"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name} must be at least 1")
+    if t.max_steps < 0 or t.time_budget < 0:
+        raise ConfigError("train.max_steps and train.time_budget must be 0 (off) or positive")
 
 
 def to_dict(cfg: Config) -> dict:
