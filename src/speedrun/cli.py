@@ -81,10 +81,10 @@ def cmd_recipes(args) -> int:
 def cmd_sample(args) -> int:
     import torch
 
+    from .export import load_model
     from .model import generate
-    from .rundir import load_run_model
 
-    model, tok, cfg, rt = load_run_model(args.run_dir, args.device)
+    model, tok, cfg, rt = load_model(args.run_dir, args.device)
     # No prompt: start a fresh document, after an end-of-document token.
     start = tok.encode(args.prompt) if args.prompt else [tok.eot_id]
     generator = torch.Generator().manual_seed(args.seed)
@@ -148,11 +148,11 @@ def cmd_chat(args) -> int:
     import torch
 
     from .chat.cli_chat import answer, chat_loop, conversation
-    from .chat.engine import PromptTooLong, load_engine
+    from .chat.engine import PromptTooLong
 
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    engine = load_engine(args.run_dir, args.device)
+    engine = chat_engine(args.run_dir, args.device)
     options = {"temperature": args.temperature, "top_k": args.top_k, "max_new_tokens": args.max_new_tokens}
     if args.prompt is None:
         chat_loop(engine, args.system, **options)
@@ -165,16 +165,44 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def chat_engine(path: str, device: str):
+    """The chat engine of a run directory, a chat pipeline's folder or an export folder."""
+    from .chat.engine import Engine, load_engine
+    from .export import is_export, load_export
+
+    if is_export(path):
+        model, tok, _, _ = load_export(path, device)
+        return Engine(model, tok)  # in fp32, as exported
+    return load_engine(path, device)
+
+
 def cmd_serve(args) -> int:
-    from .chat.engine import load_engine
     from .chat.server import LOCAL_HOSTS, serve
 
     if args.host not in LOCAL_HOSTS:
         print(f"warning: serving on {args.host}: anyone who can reach this machine on port {args.port} "
               "can use the model, with no login", file=sys.stderr)
-    engine = load_engine(args.run_dir, args.device)
+    engine = chat_engine(args.run_dir, args.device)
     serve(engine, args.host, args.port, name=Path(args.run_dir).name, max_prompt_chars=args.max_prompt_chars,
           max_new_tokens=args.max_new_tokens)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .chat.engine import chat_run_dir
+    from .export import PARITY_TOLERANCE, export_run
+
+    result = export_run(chat_run_dir(args.run_dir), args.out, args.to)
+    diff = result["max_logit_diff"]
+    print(f"wrote {result['out']} ({result['architecture']})")
+    if diff is None:
+        print("not checked against transformers, which is not installed: pip install 'speedrun[export]'")
+        return 0
+    print(f"largest logit difference from speedrun's own model: {diff:.1e}")
+    if diff > PARITY_TOLERANCE:
+        print(f"error: the export does not compute what the model computes (difference above "
+              f"{PARITY_TOLERANCE:g}); please report this", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -196,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_recipes)
 
     s = sub.add_parser("sample", help="continue a prompt with a trained run's checkpoint")
-    s.add_argument("run_dir")
+    s.add_argument("run_dir", help="a run directory or a `speedrun export` folder")
     s.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
     s.add_argument("--max-new-tokens", type=int, default=200)
     s.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy argmax")
@@ -235,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
 
     ch = sub.add_parser("chat", help="talk with a chat model in the terminal")
-    ch.add_argument("run_dir", help="a chat pipeline's folder or a run directory")
+    ch.add_argument("run_dir", help="a chat pipeline's folder, a run directory or a `speedrun export` folder")
     ch.add_argument("-p", "--prompt", help="answer this one message and exit")
     ch.add_argument("--system", help="a system message that opens the conversation")
     ch.add_argument("--temperature", type=float, default=0.6, help="0 is greedy argmax")
@@ -245,8 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--device", default="auto")
     ch.set_defaults(func=cmd_chat)
 
+    ex = sub.add_parser("export", help="write a run's model for other tools: a transformers folder "
+                                         "(--to hf) or llama.cpp's GGUF (--to gguf)")
+    ex.add_argument("run_dir", help="a run directory or a chat pipeline's folder")
+    ex.add_argument("out", metavar="OUT_DIR", help="folder to write; must be new or empty")
+    ex.add_argument("--to", choices=["hf", "gguf"], required=True,
+                    help="hf: AutoModelForCausalLM.from_pretrained(OUT_DIR) loads it; gguf: GPT-2 style models")
+    ex.set_defaults(func=cmd_export)
+
     sv = sub.add_parser("serve", help="a chat web page and API for a chat model (http://127.0.0.1:8000)")
-    sv.add_argument("run_dir", help="a chat pipeline's folder or a run directory")
+    sv.add_argument("run_dir", help="a chat pipeline's folder, a run directory or a `speedrun export` folder")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on; another than this machine's "
                                                         "own lets anyone on the network use the model")
     sv.add_argument("--port", type=int, default=8000)
