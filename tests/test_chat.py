@@ -164,9 +164,13 @@ def test_tiny_pipeline_runs_end_to_end_and_skips_finished_stages(tmp_path, line_
     for heading in ("## Environment", "## Tokenizer", "## Training", "## Tasks"):
         assert heading in report
     assert (out / "task_accuracy.png").stat().st_size > 0 and (out / "sft_curves.png").stat().st_size > 0
-    after = json.loads((out / "eval_sft.json").read_text())
-    assert set(after["tasks"]) == {"addition", "subtraction", "spelling", "counting", "reversing", "identity"}
-    assert all(t["total"] == 2 for t in after["tasks"].values())
+    before, after = (json.loads((out / f"eval_{stage}.json").read_text()) for stage in ("base", "sft"))
+    rows = {"addition", "subtraction", "spelling", "counting", "reversing", "identity", "addition_no_tool",
+            "subtraction_no_tool"}
+    assert set(before["tasks"]) == set(after["tasks"]) == rows
+    assert before["prompt"] == "few-shot plain text" and after["prompt"] == "chat template"
+    assert all(t["total"] == 2 and 0 < t["constant"] <= 1 for t in after["tasks"].values())
+    assert "| addition (no tool) | 2 |" in report and "centred on the constant answer" in report
     # the fine-tuned model started from the base weights
     sft_config = (out / "sft" / "config.toml").read_text()
     assert str(out / "base") in sft_config

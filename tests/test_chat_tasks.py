@@ -10,10 +10,12 @@ from speedrun.chat.tasks import (
     ChatDataError,
     TaskItem,
     get_task,
-    held_out,
+    identity_base_splits,
     load_conversations,
     make_items,
     mixture,
+    normalise,
+    split_of,
     words,
 )
 
@@ -45,7 +47,7 @@ def test_word_list_without_the_package(monkeypatch):
 
 @pytest.mark.parametrize("task", TASKS)
 def test_deterministic_by_seed(task):
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
         items = make_items(task, split, 40, seed=0)
         assert items == make_items(task, split, 40, seed=0)
         assert items != make_items(task, split, 40, seed=1)
@@ -53,11 +55,54 @@ def test_deterministic_by_seed(task):
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_train_and_test_keys_disjoint(task):
-    train = {item.key for item in make_items(task, "train", 3000, seed=0)}
-    test = {item.key for item in make_items(task, "test", 300, seed=0)}
-    assert train and test and not train & test
-    assert not any(map(held_out, train)) and all(map(held_out, test))
+def test_train_val_and_test_keys_disjoint(task):
+    keys = {split: {item.key for item in make_items(task, split, n, seed=0)}
+            for split, n in (("train", 3000), ("val", 300), ("test", 300))}
+    assert all(keys.values())
+    assert not keys["train"] & keys["test"] and not keys["train"] & keys["val"] and not keys["val"] & keys["test"]
+    assert all(TASKS[task].split_of(key) == split for split, ks in keys.items() for key in ks)
+
+
+def test_split_fractions():
+    splits = [split_of(f"key {i}") for i in range(20000)]
+    assert splits.count("test") / 20000 == pytest.approx(0.10, abs=0.01)
+    assert splits.count("val") / 20000 == pytest.approx(0.05, abs=0.01)
+
+
+def asks(question: str, text: str) -> bool:
+    """Whether `text` asks `question` (as whole words, case and punctuation set aside)."""
+    return f" {normalise(question)} " in f" {normalise(text)} "
+
+
+def test_identity_holds_out_whole_questions():
+    """No test question, with case and punctuation set aside, is trained or validated on,
+    nor the underlying question with another greeting."""
+    base = identity_base_splits()
+    held = {split: {q for q, s in base.items() if s == split} for split in ("val", "test")}
+    assert len(held["test"]) == len(held["val"]) == 3  # one question of each kind
+    for split in ("val", "test"):
+        asked = make_items("identity", split, 300, 0)
+        others = [i for other in ("train", "val", "test") if other != split
+                  for i in make_items("identity", other, 2000, 0)]
+        assert not {normalise(i.key) for i in asked} & {normalise(i.key) for i in others}
+        assert all(any(asks(q, i.key) for q in held[split]) for i in asked)
+        assert not any(asks(q, i.key) for i in others for q in held[split])
+
+
+def test_a_constant_reply_fails_identity():
+    items = make_items("identity", "test", 100, 0)
+    identity = TASKS["identity"]
+    everything = "I am speedrun, a small language model trained from scratch with speedrun, " \
+                 "made by the speedrun developers."
+    assert not any(identity.is_correct(item, everything) for item in items)
+    # the creator's name contains the model's: naming the creator does not count as naming itself
+    creator = "I was made by the speedrun developers."
+    for item in items:
+        assert identity.is_correct(item, creator) == (item.answer == "the speedrun developers")
+    answers = {item.answer for item in items}
+    assert answers == {"speedrun", "the speedrun developers", "a small language model trained from scratch with speedrun"}
+    best = max(sum(identity.is_correct(i, response(j)) for i in items) for j in items)
+    assert best < 60  # no one reply answers most questions
 
 
 def test_word_tasks_hold_out_the_same_words():
@@ -165,10 +210,9 @@ def test_identity_options():
     assert [i.key for i in items] == [i.key for i in default]
     for item, before in zip(items, default):
         text = response(item)
-        assert "speedrun" not in text and item.answer in ("Zed", "Ada Lab") and item.answer in text
+        assert "speedrun" not in text and item.answer in custom.values() and item.answer in text
         assert TASKS["identity"].is_correct(item, text) and not TASKS["identity"].is_correct(item, response(before))
-    assert any("a test bot" in response(item) for item in items)
-    assert {i.answer for i in mixture({"identity": 1}, 50, 0, identity=custom)} == {"Zed", "Ada Lab"}
+    assert {i.answer for i in mixture({"identity": 1}, 50, 0, identity=custom)} == set(custom.values())
     assert make_items("addition", "train", 5, 0, identity=custom) == make_items("addition", "train", 5, 0)
 
 
@@ -183,8 +227,10 @@ def test_bad_task_options():
         make_items("addition", "train", 1, 0, digits=0)
     with pytest.raises(ValueError, match="non-empty string"):
         make_items("identity", "train", 1, 0, identity={"name": ""})
+    with pytest.raises(ValueError, match="must differ"):
+        make_items("identity", "train", 1, 0, identity={"name": "Ada", "creator": "ada"})
     with pytest.raises(ValueError, match="unknown split"):
-        make_items("spelling", "val", 1, 0)
+        make_items("spelling", "dev", 1, 0)
 
 
 def test_mixture():
@@ -195,7 +241,7 @@ def test_mixture():
     assert len(mixture({"addition": 1, "spelling": 1, "counting": 1}, 100, 0)) == 100
     assert items == mixture(weights, 900, seed=0) and items != mixture(weights, 900, seed=1)
     assert {item.task for item in items[:50]} == set(weights)  # shuffled, not grouped by task
-    assert all(held_out(item.key) for item in mixture(weights, 90, 0, split="test"))
+    assert all(TASKS[item.task].split_of(item.key) == "test" for item in mixture(weights, 90, 0, split="test"))
     with pytest.raises(ValueError, match="non-negative"):
         mixture({"addition": -1}, 10, 0)
 

@@ -121,7 +121,7 @@ class ChatData:
     conversations: str = ""  # the user's own conversations (JSONL), mixed into training
     conversations_repeat: int = 1  # copies of each user conversation in the training pool
     train_items: int = 20000  # synthetic task conversations in the training pool
-    val_items: int = 400  # held-out conversations for val_loss (assistant tokens only)
+    val_items: int = 400  # conversations of the "val" split for val_loss (never the evaluated test items)
     eval_items: int = 50  # held-out items per task answered by generation in the final evaluation
     max_new_tokens: int = 64  # longest answer generated when evaluating
     # weights of the synthetic tasks in the training mixture

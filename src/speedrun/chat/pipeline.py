@@ -2,10 +2,10 @@
 
 Stages run in order, each writing into one folder:
 
-    corpus.jsonl         the pretraining documents (the default corpus, or a copy of --data's)
+    corpus.jsonl         the pretraining documents (the default corpus, or --data's), exact duplicates dropped
     tokenizer/           tokenizer.json (BPE with the chat tokens) and stats.json
     base/                the pretraining run (a normal run directory)
-    eval_base.json       task accuracy of the base model, before fine-tuning
+    eval_base.json       task accuracy of the base model (few-shot, plain text), before fine-tuning
     sft/                 the fine-tuning run on the task mixture and the user's conversations
     eval_sft.json        task accuracy after fine-tuning
     report.md            every stage's figures, tables and plots
@@ -40,6 +40,7 @@ class PipelineConfig:
     base_recipe: str = "chat-base"
     sft_recipe: str = "chat-sft"
     eval_items: int = 100  # held-out questions per task, before and after fine-tuning
+    few_shot: int = 3  # solved examples shown to the base model before each question
     max_new_tokens: int = 64
     seed: int = 1337
     device: str = "auto"
@@ -132,12 +133,14 @@ class Pipeline:
 
     # --- stages ---------------------------------------------------------
     def stage_tokenizer(self) -> dict:
-        from ..data import load_documents, split_documents
+        from ..data import load_documents, split_documents, unique_documents
         from .corpus import python_docs
         from .template import train_chat_tokenizer
 
         c = self.cfg
-        docs = load_documents(c.corpus, c.text_field) if c.corpus else python_docs()
+        loaded = load_documents(c.corpus, c.text_field) if c.corpus else python_docs()
+        # an exact copy on both sides of the split would score the base model on text it trained on
+        docs = unique_documents(loaded)
         with open(self.corpus_file, "w", encoding="utf-8") as f:
             for doc in docs:
                 f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
@@ -147,7 +150,7 @@ class Pipeline:
         self.tokenizer_file.write_text(tok.to_json(), encoding="utf-8")
         val_bytes = sum(len(d.encode()) for d in val_docs)
         val_tokens = sum(len(tok.encode(d)) for d in val_docs)
-        stats = {"vocab_size": tok.vocab_size, "documents": len(docs),
+        stats = {"vocab_size": tok.vocab_size, "documents": len(docs), "duplicates_dropped": len(loaded) - len(docs),
                  "corpus": c.corpus or "Python's documentation (pydoc topics and standard-library docstrings)",
                  "corpus_bytes": sum(len(d.encode()) for d in docs),
                  "val_bytes_per_token": val_bytes / max(val_tokens, 1)}
@@ -182,14 +185,18 @@ class Pipeline:
         return self.train_stage("sft", self.sft_config())
 
     def evaluate(self, stage: str) -> dict:
+        """The held-out questions: the base model few-shot in plain text (it never saw the
+        chat tokens), the fine-tuned model in the chat template."""
         from ..tasks.chat import identity_options, task_weights
         from .engine import load_engine
         from .evaluate import eval_items, evaluate_tasks
 
-        sft = self.sft_config().data
-        engine = load_engine(self.out / stage, self.cfg.device)
-        items = eval_items(list(task_weights(sft)), self.cfg.eval_items, self.cfg.seed, identity_options(sft))
-        result = evaluate_tasks(engine, items, self.cfg.max_new_tokens, self.progress)
+        c, sft = self.cfg, self.sft_config().data
+        tasks, identity = list(task_weights(sft)), identity_options(sft)
+        engine = load_engine(self.out / stage, c.device)
+        items = eval_items(tasks, c.eval_items, c.seed, identity)
+        shots = eval_items(tasks, c.few_shot, c.seed, identity, split="train") if stage == "base" else None
+        result = evaluate_tasks(engine, items, c.max_new_tokens, self.progress, shots=shots)
         RunDir(self.out).write_json(f"eval_{stage}.json", result)
         table = ", ".join(f"{k} {v['accuracy']:.0%}" for k, v in result["tasks"].items())
         self.say(f"[eval_{stage}] {table}; score {result['score']:.3f}")

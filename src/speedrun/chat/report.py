@@ -15,19 +15,33 @@ def _read(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def row_label(row: str) -> str:
+    """A result row as the table names it: arithmetic with the calculator, or without it."""
+    if row.endswith("_no_tool"):
+        return f"{row.removesuffix('_no_tool')} (no tool)"
+    return f"{row} (calculator)" if row in ("addition", "subtraction") else row
+
+
+def _rows(before: dict | None, after: dict | None) -> list[str]:
+    return list((after or before)["tasks"])
+
+
 def plot_task_accuracy(before: dict | None, after: dict | None, out: Path) -> None:
     from matplotlib.figure import Figure
 
-    tasks = list((after or before)["tasks"])
-    fig = Figure(figsize=(7, 3.5), layout="constrained")
+    rows = _rows(before, after)
+    either = after or before
+    bars = [("constant answer", {r: either["tasks"][r]["constant"] for r in rows}),
+            ("base model, few-shot", None if before is None else {r: before["tasks"][r]["accuracy"] for r in rows}),
+            ("fine-tuned", None if after is None else {r: after["tasks"][r]["accuracy"] for r in rows})]
+    fig = Figure(figsize=(9, 3.8), layout="constrained")
     ax = fig.subplots()
-    width = 0.4
-    for k, (label, result) in enumerate((("base (before)", before), ("fine-tuned (after)", after))):
-        if result is None:
-            continue
-        xs = [i + (k - 0.5) * width for i in range(len(tasks))]
-        ax.bar(xs, [result["tasks"][t]["accuracy"] * 100 for t in tasks], width, label=label)
-    ax.set_xticks(range(len(tasks)), tasks)
+    width = 0.27
+    for k, (label, values) in enumerate(bars):
+        if values is not None:
+            ax.bar([i + (k - 1) * width for i in range(len(rows))], [values[r] * 100 for r in rows], width,
+                   label=label)
+    ax.set_xticks(range(len(rows)), [row_label(r).replace(" (", "\n(") for r in rows], fontsize=8)
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8)
@@ -36,17 +50,21 @@ def plot_task_accuracy(before: dict | None, after: dict | None, out: Path) -> No
 
 
 def task_table(before: dict | None, after: dict | None) -> str:
-    tasks = list((after or before)["tasks"])
-    lines = ["| task | before fine-tuning | after fine-tuning | items |", "| --- | --- | --- | --- |"]
+    """Each task beside its baselines: the best constant answer and the base model prompted
+    few-shot in plain text; the score is centred on the constant answer."""
+    either = after or before
+    lines = ["| task | items | constant answer | base model, few-shot (before) | fine-tuned (after) |",
+             "| --- | ---: | ---: | ---: | ---: |"]
 
-    def cell(result, task):
-        return "-" if result is None else f"{result['tasks'][task]['accuracy']:.1%}"
+    def cell(result, row):
+        return "-" if result is None else f"{result['tasks'][row]['accuracy']:.1%}"
 
-    for t in tasks:
-        n = (after or before)["tasks"][t]["total"]
-        lines.append(f"| {t} | {cell(before, t)} | {cell(after, t)} | {n} |")
+    for row in _rows(before, after):
+        r = either["tasks"][row]
+        lines.append(f"| {row_label(row)} | {r['total']} | {r['constant']:.1%} | {cell(before, row)} | "
+                     f"{cell(after, row)} |")
     score = [("-" if r is None else f"{r['score']:.3f}") for r in (before, after)]
-    lines.append(f"| **score** (centred on chance) | {score[0]} | {score[1]} | |")
+    lines.append(f"| **score** (centred on the constant answer) | | 0 | {score[0]} | {score[1]} |")
     return "\n".join(lines)
 
 
@@ -57,7 +75,7 @@ def examples(result: dict) -> list[str]:
     for name, task in result["tasks"].items():
         for ex in task["examples"][:2]:
             mark = "right" if ex["correct"] else "wrong"
-            lines.append(f"- **{name}** ({mark}): {ex['question']!r} -> {as_plain_text(ex['reply'])!r}")
+            lines.append(f"- **{row_label(name)}** ({mark}): {ex['question']!r} -> {as_plain_text(ex['reply'])!r}")
     return lines
 
 
@@ -81,7 +99,8 @@ def write_chat_report(out: str | Path, state: dict | None = None) -> Path:
     lines += [f"| {name} | {s.get('seconds', 0.0):.1f} |" for name, s in stages.items() if name != "report"]
     lines += [f"| **total** | **{total:.1f}** ({total / 60:.1f} min) |", ""]
     if tok:
-        lines += ["## Tokenizer", "", f"- corpus: {tok['corpus']} ({tok['documents']:,} documents, "
+        lines += ["## Tokenizer", "", f"- corpus: {tok['corpus']} ({tok['documents']:,} documents after dropping "
+                  f"{tok.get('duplicates_dropped', 0):,} exact duplicates, "
                   f"{tok['corpus_bytes'] / 1e6:.2f} MB)",
                   f"- vocabulary: {tok['vocab_size']:,} tokens (BPE, chat special tokens, one token per digit)",
                   f"- compression on held-out text: {tok['val_bytes_per_token']:.2f} bytes per token", ""]
@@ -93,8 +112,12 @@ def write_chat_report(out: str | Path, state: dict | None = None) -> Path:
             lines += [f"![{run.name} learning curves]({png.name})", ""]
     if before or after:
         plot_task_accuracy(before, after, out / "task_accuracy.png")
-        lines += ["## Tasks (held-out items, greedy, with the calculator)", "", task_table(before, after), "",
-                  "![task accuracy](task_accuracy.png)", ""]
+        lines += ["## Tasks (held-out test items, greedy)", "",
+                  "The fine-tuned model answers in the chat template, with the calculator, and arithmetic again "
+                  "with the tool disabled. The base model is prompted few-shot in plain text (it never saw the "
+                  "chat tokens, and has no tool). The constant answer is the best score of one fixed reply given "
+                  "to every question. The score centres each task on it and averages over the tasks (not the "
+                  "no-tool rows).", "", task_table(before, after), "", "![task accuracy](task_accuracy.png)", ""]
         if after:
             lines += ["Examples after fine-tuning:", "", *examples(after), ""]
     path = out / "report.md"

@@ -4,12 +4,17 @@
     mixture(weights, n, seed)           several tasks, shuffled together in proportion to their weights
     load_conversations(path)            the user's own conversations from a JSONL file
 
-Every item has a key (the word, the sum, the question) and is held out for the
-"test" split iff a stable hash of its key falls in the first HELD_OUT_FRACTION
-of the hash range, so train and test never share a key, whatever the seed.
-The word tasks share their keys: a held-out word is never spelled, counted or
-reversed in training. The assistant's answers have one short, regular format
-per task (a small model must learn it); only the user's phrasing varies.
+Every item has a key (the word, the sum, the question), and a stable hash of
+the key puts it in one of three splits, whatever the seed: "test" (the first
+TEST_FRACTION of the hash range: what the task evaluation asks), "val" (the next
+VAL_FRACTION: fine-tuning's validation loss and its best checkpoint) and
+"train" (the rest). No two splits share a key, so nothing evaluated is ever
+trained on or chosen on. The word tasks share their keys: a held-out word is
+never spelled, counted or reversed in training. Identity questions are split
+by their underlying question instead, so every greeting, casing and
+punctuation of a held-out question is held out with it. The assistant's
+answers have one short, regular format per task (a small model must learn it);
+only the user's phrasing varies.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from pathlib import Path
 from ..data import jsonl_records
 from .calculator import evaluate
 
-HELD_OUT_FRACTION = 0.1
-SPLITS = ("train", "test")
+TEST_FRACTION = 0.1
+VAL_FRACTION = 0.05
+SPLITS = ("train", "val", "test")
 REDRAWS = 100  # tries at a new item for a test set before the pool counts as used up
 DIGIT_WEIGHTS = {1: 1, 2: 2, 3: 4, 4: 2}  # operand lengths in training: 3 digits most often
 
@@ -41,18 +47,24 @@ class TaskItem:
     messages: list[dict]  # the whole conversation, ending with the assistant's reference answer
     answer: str  # what is_correct looks for: "619", "g a r d e n", "3", "speedrun"
     key: str = ""  # what decides the split: the word, the sum, the question
+    wrong: tuple[str, ...] = ()  # answers a correct reply must not give (identity: the other kinds' answers)
 
 
-def held_out(key: str) -> bool:
-    """Whether `key` belongs to the test split (hashlib, so the same in every process)."""
-    digest = hashlib.sha256(key.encode()).digest()
-    return int.from_bytes(digest[:8], "big") < HELD_OUT_FRACTION * 2 ** 64
+def _hash_fraction(text: str) -> float:
+    """A stable number in [0, 1) for `text` (hashlib, so the same in every process)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2 ** 64
 
 
-def _is_test(split: str) -> bool:
+def split_of(key: str) -> str:
+    """The split of a key: test, val or train, by where its hash falls."""
+    u = _hash_fraction(key)
+    return "test" if u < TEST_FRACTION else "val" if u < TEST_FRACTION + VAL_FRACTION else "train"
+
+
+def _check_split(split: str) -> str:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
-    return split == "test"
+        raise ValueError(f"unknown split {split!r}; use 'train', 'val' or 'test'")
+    return split
 
 
 def _last_integer(text: str) -> str | None:
@@ -75,11 +87,13 @@ def _conversation(question: str, content) -> list[dict]:
 
 class Task:
     name: str
-    chance = 0.0  # accuracy of guessing, for a score centred on chance
     options: tuple[str, ...] = ()  # keyword arguments of the constructor, passed through make_items
 
     def sample(self, split: str, rng: random.Random) -> TaskItem:
         raise NotImplementedError
+
+    def split_of(self, key: str) -> str:
+        return split_of(key)
 
     def is_correct(self, item: TaskItem, response: str) -> bool:
         """Whether `response` (the assistant's text parts, joined) gives the item's answer."""
@@ -108,10 +122,10 @@ class Arithmetic(Task):
         return f"{a}{self.op}{b}"
 
     def sample(self, split: str, rng: random.Random) -> TaskItem:
-        test = _is_test(split)
+        _check_split(split)
         while True:
             a, b = self.operand(rng), self.operand(rng)
-            if held_out(self.key(a, b)) == test:
+            if split_of(self.key(a, b)) == split:
                 break
         call = f"{a}{self.op}{b}"
         result = evaluate(call)
@@ -156,10 +170,10 @@ def words() -> list[str]:
     return sorted(w for w in both if 3 <= len(w) <= 10 and w.isascii() and w.isalpha() and w.islower())
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=3)
 def split_words(split: str) -> list[str]:
-    test = _is_test(split)
-    return [w for w in words() if held_out(w) == test]
+    _check_split(split)
+    return [w for w in words() if split_of(w) == split]
 
 
 class WordTask(Task):
@@ -245,24 +259,64 @@ IDENTITY_QUESTIONS = {
 }
 
 
-@lru_cache(maxsize=2)
-def identity_questions(split: str) -> list[tuple[str, str]]:
-    """(kind, question) pairs of a split: every greeting, question, casing and
-    final punctuation, so there are enough paraphrases to hold some out."""
-    test = _is_test(split)
-    pairs = []
+def normalise(question: str) -> str:
+    """A question with case and punctuation set aside: lower-case words, single spaces."""
+    return " ".join(re.findall(r"[a-z0-9]+", question.lower()))
+
+
+@lru_cache(maxsize=1)
+def identity_base_splits() -> dict[str, str]:
+    """The split of each underlying question: within each kind, the question whose
+    normalised text hashes lowest is test, the next val, the other four train, so
+    every kind is asked in every split."""
+    splits = {}
+    for questions in IDENTITY_QUESTIONS.values():
+        ranked = sorted(questions, key=lambda q: _hash_fraction(normalise(q)))
+        splits.update({q: "test" if i == 0 else "val" if i == 1 else "train" for i, q in enumerate(ranked)})
+    return splits
+
+
+@lru_cache(maxsize=1)
+def identity_variants() -> dict[str, tuple[str, str]]:
+    """Every way a question is asked -> (kind, underlying question): each greeting,
+    casing and final punctuation, so there are many paraphrases to learn from."""
+    variants = {}
     for kind, questions in IDENTITY_QUESTIONS.items():
         for greeting in IDENTITY_GREETINGS:
             for question in questions:
                 text = greeting + question
-                for variant in {text, text.lower(), text[:-1], text.lower()[:-1]}:
-                    pairs.append((kind, variant))
-    return sorted(p for p in pairs if held_out(p[1]) == test)
+                for variant in (text, text.lower(), text[:-1], text.lower()[:-1]):
+                    variants[variant] = (kind, question)
+    return variants
+
+
+@lru_cache(maxsize=3)
+def identity_questions(split: str) -> list[tuple[str, str]]:
+    """(kind, question) pairs of a split: all the variants of its underlying questions."""
+    _check_split(split)
+    base = identity_base_splits()
+    return sorted((kind, variant) for variant, (kind, question) in identity_variants().items()
+                  if base[question] == split)
+
+
+def stated(response: str, answers: tuple[str, ...]) -> set[str]:
+    """Which of `answers` the response states (lower-cased), each as whole words. The
+    longest are looked for first and taken out, so "the speedrun developers" does
+    not also count as naming "speedrun"."""
+    text, found = response.lower(), set()
+    for answer in sorted({a.lower() for a in answers}, key=len, reverse=True):
+        pattern = rf"(?<!\w){re.escape(answer)}(?!\w)"
+        if re.search(pattern, text):
+            found.add(answer)
+            text = re.sub(pattern, " | ", text)
+    return found
 
 
 class Identity(Task):
-    """Who the model is. The answer names the model, or its creator for
-    who-made-you questions, and is_correct looks for that name in the response."""
+    """Who the model is. Each kind of question has its own answer: the name for
+    "who are you", the creator for "who made you", the description for "what are
+    you". A reply is right when it states that answer and none of the other two,
+    so one reply that names everything at once fails every question."""
 
     name = "identity"
     options = ("name", "creator", "description")
@@ -272,18 +326,23 @@ class Identity(Task):
         for option, value in (("name", name), ("creator", creator), ("description", description)):
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"identity {option} must be a non-empty string, not {value!r}")
-        self.model_name, self.creator, self.description = name, creator, description
+        if len({name.lower(), creator.lower(), description.lower()}) < 3:
+            raise ValueError("identity name, creator and description must differ, or a reply cannot show "
+                             "which question it answers")
+        self.answers = {"name": name, "creator": creator, "what": description}
+
+    def split_of(self, key: str) -> str:
+        return identity_base_splits()[identity_variants()[key][1]]
 
     def sample(self, split: str, rng: random.Random) -> TaskItem:
         kind, question = rng.choice(identity_questions(split))
-        text = {"name": f"My name is {self.model_name}.",
-                "creator": f"I was made by {self.creator}.",
-                "what": f"I am {self.model_name}, {self.description}, made by {self.creator}."}[kind]
-        answer = self.creator if kind == "creator" else self.model_name
-        return TaskItem(self.name, _conversation(question, text), answer, question)
+        answer = self.answers[kind]
+        text = {"name": f"My name is {answer}.", "creator": f"I was made by {answer}.", "what": f"I am {answer}."}[kind]
+        wrong = tuple(a for k, a in self.answers.items() if k != kind)
+        return TaskItem(self.name, _conversation(question, text), answer, question, wrong)
 
     def is_correct(self, item: TaskItem, response: str) -> bool:
-        return item.answer.lower() in response.lower()
+        return stated(response, (item.answer, *item.wrong)) == {item.answer.lower()}
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (Addition(), Subtraction(), Spelling(), Counting(), Reversing(),
@@ -309,12 +368,12 @@ def make_items(task: str, split: str, n: int, seed: int, identity: dict | None =
     """n items of one task, the same for the same (task, split, seed). `options`
     configure the task (digits=3); `identity` holds the identity task's options
     (name, creator, description) and the other tasks ignore it, so one call can
-    serve every task. A test set has no key twice while the held-out pool lasts."""
+    serve every task. A val or test set has no key twice while its pool lasts."""
     if task == "identity":
         options = {**(identity or {}), **options}
     t = get_task(task, **options)
     rng = random.Random(f"{task}/{split}/{seed}")
-    if not _is_test(split):
+    if _check_split(split) == "train":
         return [t.sample(split, rng) for _ in range(n)]
     items, seen = [], set()
     for _ in range(n):

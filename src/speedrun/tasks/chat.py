@@ -50,8 +50,11 @@ class ChatTask:
         if not train:
             raise DataError("no training conversations: give data.conversations or a task weight above 0")
         self.train_rows = self.render_all(train, "training")
-        held_out = [item.messages for item in mixture(weights, cfg.val_items, seed, "test", identity=identity)]
-        self.val_x, self.val_y = self.to_xy(self.pack(self.render_all(held_out, "validation")))
+        # validation (val_loss, best.safetensors) comes from the "val" split, which shares no
+        # key with the "test" items the task evaluation asks, nor with training
+        self.val_items = mixture(weights, cfg.val_items, seed, "val", identity=identity)
+        self.val_x, self.val_y = self.to_xy(self.pack(self.render_all([i.messages for i in self.val_items],
+                                                                       "validation")))
 
     def render_all(self, conversations: list[list[dict]], split: str) -> list[tuple[list[int], list[int]]]:
         rows = [self.template.render(c) for c in conversations]
