@@ -158,3 +158,64 @@ def test_prefix_sharing_equals_plain_teacher_forcing(task, trained_model):
     plain = task.correct(trained_model, RT, torch.arange(7 * N))
     shared = task.correct_all(trained_model, RT, torch.arange(7))
     assert shared.shape == plain.shape and torch.equal(shared, plain)
+
+
+class TrainableOracle(Oracle):
+    """An Oracle the trainer can drive: one dummy weight with a loss, and what MFU counting reads."""
+
+    def __init__(self, answer: str):
+        super().__init__(answer)
+        self.w = nn.Parameter(torch.zeros(()))
+        self.blocks, self.head = nn.ModuleList(), nn.Linear(1, 1, bias=False)
+
+    def num_params(self) -> int:
+        return 1
+
+    def forward(self, idx, targets=None, cache=None, start=0, last=0):
+        logits = super().forward(idx, None, cache, start, last)
+        return logits if targets is None else (logits, self.w ** 2 + 1.0)
+
+
+def test_time_to_verified_counts_a_failed_exhaustive_check(tmp_path, monkeypatch):
+    import json
+    import time
+
+    from speedrun import trainer as trainer_module
+    from speedrun.config import load_config
+    from speedrun.rundir import RunDir
+
+    real, failed = AdditionTask.correct_all, []
+
+    def fail_first_full_check(self, model, rt, a_values=None, until_wrong=False):
+        verdicts = real(self, model, rt, a_values, until_wrong)
+        if until_wrong and not failed:  # force one failure, and make it cost a visible second
+            failed.append(1)
+            time.sleep(1.0)
+            verdicts[123 * N + 456] = 0
+        return verdicts
+
+    monkeypatch.setattr(AdditionTask, "correct_all", fail_first_full_check)
+    monkeypatch.setattr(trainer_module, "build_model", lambda cfg, task, rt: TrainableOracle("reversed"))
+    cfg = load_config("addition", ["train.steps=5", "train.eval_every=1", "train.log_every=1"])
+    run = RunDir.create(cfg, str(tmp_path / "run"))
+    summary = trainer_module.Trainer(cfg, run, RT, progress=False).train()
+    records = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
+    full = [r for r in records if "exhaustive_checked" in r]
+    assert len(full) == 2 and not full[0].get("done") and full[1]["verified"]
+    assert summary["stopped_by"] == "task_done" and summary["steps"] == 2
+    assert summary["metrics"]["verified"] and summary["metrics"]["exact_match"] == 1.0
+    # the failed check is on the clock that decides when to stop
+    assert summary["eval_seconds"] >= 1.0
+    assert summary["time_to_verified"] >= 1.0 + summary["train_seconds"]
+    assert summary["wall_seconds"] >= summary["time_to_verified"]
+
+
+def test_unseen_pairs_are_the_pairs_never_drawn(task):
+    fresh = AdditionTask(AdditionData(answer="reversed"), seed=0)
+    x, _ = fresh.train_batch(500, torch.Generator().manual_seed(0))
+    a = x[:, 0] * 100 + x[:, 1] * 10 + x[:, 2]
+    b = x[:, 4] * 100 + x[:, 5] * 10 + x[:, 6]
+    assert fresh.seen.sum() == len(set((a * N + b).tolist()))
+    result = fresh.check(Oracle("reversed", wrong=[(int(a[0]), int(b[0]))]), RT)
+    assert result["pairs_seen_in_training"] == int(fresh.seen.sum())
+    assert result["exact_match_unseen_pairs"] == 1.0 and result["wrong"] == 1 and not result["verified"]

@@ -64,7 +64,8 @@ class Attention(nn.Module):
         self.rope = cfg.pos == "rope"
         self.dropout = cfg.dropout
 
-    def forward(self, x, rotary, cache, start):
+    def forward(self, x, rotary, cache, start, keep=0):
+        """keep > 0: outputs for the last `keep` positions only (keys and values still for all)."""
         B, T, C = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)
         qk, v = qkv[:, :, :2], qkv[:, :, 2]  # queries and keys normed and rotated in one go
@@ -73,7 +74,9 @@ class Attention(nn.Module):
         if self.rope:
             qk = apply_rotary(qk, rotary[0][start:start + T, None, None], rotary[1][start:start + T, None, None])
         q, k = qk.unbind(2)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if keep:
+            q, T = q[:, -keep:], keep
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, head_dim)
         if cache is not None:
             if cache:  # append this chunk's keys and values to the ones already seen
                 k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
@@ -108,8 +111,9 @@ class Block(nn.Module):
         self.norm2, self.mlp = make_norm(cfg, cfg.n_embd), MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rotary, cache, start):
-        x = x + self.drop(self.attn(self.norm1(x), rotary, cache, start))
+    def forward(self, x, rotary, cache, start, keep=0):
+        attended = self.drop(self.attn(self.norm1(x), rotary, cache, start, keep))
+        x = (x[:, -keep:] if keep else x) + attended
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -166,9 +170,9 @@ class GPT(nn.Module):
         x = self.drop(x)
         rotary = (self.rope_cos, self.rope_sin) if self.cfg.pos == "rope" else None
         for i, block in enumerate(self.blocks):
-            x = block(x, rotary, cache[i] if cache is not None else None, start)
-        if last:
-            x = x[:, -last:]
+            # the last block computes only the positions whose logits are asked for
+            keep = last if last and i == len(self.blocks) - 1 else 0
+            x = block(x, rotary, cache[i] if cache is not None else None, start, keep)
         logits = self.head(self.norm_f(x))
         if self.cfg.logit_softcap > 0:
             cap = self.cfg.logit_softcap
