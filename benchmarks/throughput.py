@@ -44,11 +44,11 @@ def time_steps(cfg, steps: int, warmup: int, compile_model: bool = False) -> tup
     from speedrun.tasks import build_task
     from speedrun.trainer import build_model, train_step
 
-    rt = setup_runtime(cfg.device, cfg.dtype)
+    rt = setup_runtime(cfg.device, cfg.dtype, cfg.model.n_embd)
     torch.manual_seed(cfg.train.seed)
     task = build_task(cfg)
     model = build_model(cfg, task, rt)
-    optimizer = build_optimizer(model, cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim, rt.dtype)
     step_fn = torch.compile(model) if compile_model else model
     generator = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
