@@ -21,7 +21,8 @@ def fake_run(path, overrides=(), curve=True, recipe="addition", target=None):
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     metrics = {"val_loss": 1.25, "val_bpb": 1.8} if curve else {"exact_match": 0.999998, "evaluated": 1_000_000}
     summary = {"recipe": recipe, "task": "addition", "seed": 1337, "steps": 300, "params": 101_000,
-               "train_seconds": 6.0, "eval_seconds": 1.5, "tokens": 921_600, "tokens_per_second": 153_600.0,
+               "wall_seconds": 9.5, "train_seconds": 6.0, "eval_seconds": 1.5, "tokens": 921_600,
+               "tokens_per_second": 153_600.0,
                "time_to_target": 5.5 if target else None, "target_val_loss": target, "device": "cpu",
                "dtype": "float32", "torch_version": "2.13.0", "git_commit": "abc123", "metrics": metrics}
     (path / "summary.json").write_text(json.dumps(summary))
@@ -50,7 +51,7 @@ def test_report_writes_curves_and_table(reported):
     assert report_md == text
     for name in ("base", "changed", "no-curve"):
         assert f"| {name} | addition |" in report_md
-    assert "| 101,000 | 300 | 6.0 | 1.2500 |" in report_md
+    assert "| 101,000 | 300 | 9.5 | 6.0 | 1.2500 |" in report_md  # wall-clock first, training time beside it
     assert "no-curve: no val_loss in metrics.jsonl, nothing plotted" in report_md
     assert "exact_match" in report_md.splitlines()[2]
 
@@ -63,6 +64,7 @@ def test_submission_folder(reported):
     sub = json.loads((folder / "final_submission.json").read_text())
     assert sub["metrics"] == {"val_loss": 1.25, "val_bpb": 1.8}
     assert sub["time"]["train_seconds"] == 6.0 and sub["time"]["eval_seconds"] == 1.5
+    assert sub["time"]["wall_seconds"] == 9.5
     assert sub["time"]["time_to_target"] is None
     assert sub["config"]["optim"]["lr"] == BASE.optim.lr * 2
     assert sub["config"]["model"]["n_layer"] == BASE.model.n_layer

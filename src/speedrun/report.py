@@ -142,18 +142,21 @@ def plot_learning_curves(runs: list[Run], out: Path) -> list[str]:
 # Summary table ------------------------------------------------------------------------------
 
 def summary_table(runs: list[Run]) -> str:
-    """A Markdown table with one row per run; an exact_match column when a run has one."""
-    columns = ["run", "recipe", "params", "steps", "train_seconds", "val_loss", "val_bpb", "time_to_target",
-               "tokens_per_second", "device/dtype"]
+    """A Markdown table with one row per run: wall-clock first (the headline), training time beside
+    it; exact_match and time_to_verified columns when a run has them."""
+    columns = ["run", "recipe", "params", "steps", "wall_seconds", "train_seconds", "val_loss", "val_bpb",
+               "time_to_target", "tokens_per_second", "device/dtype"]
     show_exact = any(run.final("exact_match") is not None for run in runs)
     if show_exact:
-        columns.insert(7, "exact_match")
+        columns[8:8] = ["exact_match", "time_to_verified"]
     rows = []
     for run in runs:
         s = run.summary
         row = {
             "run": run.name, "recipe": run.recipe, "params": _fmt(s.get("params"), ","),
-            "steps": _fmt(s.get("steps"), "d"), "train_seconds": _fmt(s.get("train_seconds"), ".1f"),
+            "steps": _fmt(s.get("steps"), "d"), "wall_seconds": _fmt(s.get("wall_seconds"), ".1f"),
+            "train_seconds": _fmt(s.get("train_seconds"), ".1f"),
+            "time_to_verified": _fmt(s.get("time_to_verified"), ".1f"),
             "val_loss": _fmt(run.final("val_loss"), ".4f"), "val_bpb": _fmt(run.final("val_bpb"), ".4f"),
             "exact_match": _fmt(run.final("exact_match"), ".6f"),
             "time_to_target": _fmt(s.get("time_to_target"), ".1f"),
@@ -224,9 +227,10 @@ def submission(run: Run) -> dict:
         "run": run.name, "recipe": run.recipe, "task": s.get("task", run.config.task), "seed": s.get("seed"),
         "steps": s.get("steps"), "params": s.get("params"), "tokens": s.get("tokens"),
         "metrics": s.get("metrics", {}),
-        "time": {"train_seconds": s.get("train_seconds"), "time_to_target": s.get("time_to_target"),
-                 "target_val_loss": run.target_val_loss, "eval_seconds": s.get("eval_seconds"),
-                 "tokens_per_second": s.get("tokens_per_second")},
+        "time": {**{k: s.get(k) for k in ("wall_seconds", "train_seconds", "eval_seconds", "checkpoint_seconds",
+                                           "compile_seconds", "setup_seconds", "time_to_target",
+                                           "train_seconds_to_target", "time_to_verified", "tokens_per_second")},
+                 "target_val_loss": run.target_val_loss},
         "config": to_dict(run.config),
         "hardware": {**(s.get("hardware") or hardware()), "device": s.get("device"), "dtype": s.get("dtype")},
         "software": {"torch_version": s.get("torch_version"), "python_version": s.get("python_version"),
