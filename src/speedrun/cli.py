@@ -70,6 +70,16 @@ def cmd_train(args) -> int:
         distributed.close(dist)
 
 
+def cmd_verify(args) -> int:
+    from .verify import format_record, verify
+
+    overrides = list(args.overrides) + ([f"data.source={json.dumps(args.data)}"] if args.data else [])
+    record = verify(args.recipe, overrides, args.seeds, args.target, args.out, args.first_seed)
+    print("\n" + format_record(record))
+    print(f"record: {Path(record['out']) / 'verify.json'}")
+    return 0 if record["holds"] else 1
+
+
 def cmd_recipes(args) -> int:
     names = recipe_names()
     width = max(map(len, names))
@@ -220,6 +230,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-step lines")
     t.set_defaults(func=cmd_train)
 
+    v = sub.add_parser("verify", help="train a recipe over several seeds, one process each, and test whether "
+                                      "it reaches its target at p < 0.01 (exit code 0 if so, 1 if not)")
+    v.add_argument("recipe", help="bundled recipe name or a TOML file")
+    v.add_argument("overrides", nargs="*", help="dotted key=value overrides, applied to every seed")
+    v.add_argument("--seeds", type=int, default=5, help="runs, with train.seed = 1..N (default 5)")
+    v.add_argument("--first-seed", type=int, default=1, help="the first seed (default 1)")
+    v.add_argument("--target", type=float, help="the loss to reach (default: the recipe's train.target_val_loss), "
+                                                "or addition's exact-match rate (default 1.0)")
+    v.add_argument("--out", help="folder for seed-K/ run directories, logs/ and verify.json (default "
+                                 "runs/verify-<recipe>-<timestamp>); run again to finish an interrupted verify")
+    v.add_argument("--data", help="training text, as for `speedrun train --data` (sets data.source)")
+    v.set_defaults(func=cmd_verify)
+
     r = sub.add_parser("recipes", help="list the bundled recipes")
     r.set_defaults(func=cmd_recipes)
 
@@ -300,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     # key=value overrides may come after options (`--data x train.steps=5`); argparse
     # collects positionals only before the first option, so gather the rest here.
     overrides = [a for a in extra if "=" in a and not a.startswith("-")]
-    if args.command in ("train", "chat-pipeline") and overrides:
+    if args.command in ("train", "chat-pipeline", "verify") and overrides:
         args.overrides = list(args.overrides) + overrides
         extra = [a for a in extra if a not in overrides]
     if extra:

@@ -1,0 +1,345 @@
+"""`speedrun verify`: does a recipe reach its target on every seed, or did one run get lucky?
+
+A recipe runs N times with train.seed = 1..N (the seed sets the initial weights
+and the order of the training data; the data split stays fixed), each in its
+own process, one after another so they do not share the cores. From the N
+summaries it writes a record (`verify.json`) and judges the claim:
+
+- a loss target (text and chat runs): "the mean of `test_loss` is at most the
+  target" (`val_loss` when the recipe has no test split), by a one-sided
+  one-sample t-test of H0 "mean >= target", as modded-nanogpt accepts records;
+- a pass/fail target (addition: `exact_match` = 1.0 over all 1,000,000 pairs):
+  k of N seeds pass, judged by an exact one-sided binomial test of H0 "a seed
+  passes with probability <= 1/2". With every seed passing, p = 2^-N: at least
+  7 seeds are needed for p < 0.01.
+
+The claim holds when p < 0.01. A seed whose run did not finish counts against
+it. The t distribution comes from a regularized incomplete beta function
+written here (a continued fraction), so the statistics need no scipy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config, ConfigError, load_config, to_dict
+
+ALPHA = 0.01  # the claim holds when p < ALPHA
+PASS_RATE = 0.5  # pass/fail targets: H0 is "a seed passes with at most this probability"
+
+
+# ---------------------------------------------------------------- statistics
+
+def betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), by its continued fraction
+    (evaluated with the modified Lentz method), on the side of x where it converges fast."""
+    if not 0 <= x <= 1:
+        raise ValueError(f"betainc needs 0 <= x <= 1, got {x}")
+    if x in (0.0, 1.0):
+        return x
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - betainc(b, a, 1.0 - x)
+    log_front = a * math.log(x) + b * math.log1p(-x) - (math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))
+    tiny = 1e-300
+
+    def nonzero(v: float) -> float:
+        return v if abs(v) > tiny else tiny
+
+    c, d = 1.0, 1.0 / nonzero(1.0 - (a + b) * x / (a + 1))
+    fraction = d
+    for m in range(1, 1000):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 / nonzero(1.0 + numerator * d)
+            c = nonzero(1.0 + numerator / c)
+            fraction *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return math.exp(log_front) * fraction / a
+
+
+def student_t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t distribution with df degrees of freedom."""
+    if math.isinf(t):
+        return 1.0 if t > 0 else 0.0
+    tail = 0.5 * betainc(df / 2, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_test_below(values: list[float], target: float) -> dict:
+    """One-sided one-sample t-test of H0 "the mean is >= target": p is the chance of a
+    sample mean this far below the target if the true mean were the target."""
+    n = len(values)
+    if n < 2:
+        return {"t": None, "df": n - 1, "p_value": None}
+    mean, sd = statistics.fmean(values), statistics.stdev(values)
+    if sd == 0:  # identical runs: no spread to test against
+        return {"t": None, "df": n - 1, "p_value": 0.0 if mean < target else 1.0}
+    t = (mean - target) / (sd / math.sqrt(n))
+    return {"t": t, "df": n - 1, "p_value": student_t_cdf(t, n - 1)}
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), summed exactly."""
+    return min(1.0, sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1)))
+
+
+def seeds_needed(pass_rate: float = PASS_RATE, alpha: float = ALPHA) -> int:
+    """The fewest seeds for which all passing gives p < alpha (pass_rate ** n < alpha)."""
+    return math.floor(math.log(alpha) / math.log(pass_rate)) + 1
+
+
+# ---------------------------------------------------------------- the claim
+
+@dataclass
+class Claim:
+    metric: str  # "test_loss", "val_loss" or "exact_match", read from summary["metrics"]
+    target: float
+    kind: str  # "loss": mean <= target (t-test); "pass_fail": each seed >= target (binomial)
+    time_key: str  # the summary's wall-clock time to the target: time_to_target or time_to_verified
+
+    def reached(self, value: float | None) -> bool:
+        if value is None:
+            return False
+        return value <= self.target if self.kind == "loss" else value >= self.target
+
+    def describe(self) -> str:
+        if self.kind == "loss":
+            return f"mean {self.metric} <= {self.target:g}"
+        return f"{self.metric} >= {self.target:g} on every seed"
+
+
+def claim_for(cfg: Config, target: float | None = None) -> Claim:
+    """The claim a recipe makes: addition, exact_match 1.0 (all pairs); text and chat,
+    a loss at most `target` or the recipe's train.target_val_loss, on the test split
+    when it has one."""
+    if cfg.task == "addition":
+        target = 1.0 if target is None else target
+        if not 0 < target <= 1:
+            raise ConfigError(f"--target {target} is not an exact-match rate; give a value in (0, 1], e.g. 1.0")
+        return Claim("exact_match", target, "pass_fail", "time_to_verified")
+    target = target if target is not None else cfg.train.target_val_loss
+    if not target or target <= 0:
+        raise ConfigError(f"recipe {cfg.recipe or cfg.task!r} sets no train.target_val_loss; give the loss to "
+                          "reach with --target, e.g. --target 1.8857")
+    metric = "test_loss" if getattr(cfg.data, "test_fraction", 0) > 0 else "val_loss"
+    return Claim(metric, target, "loss", "time_to_target")
+
+
+def claim_overrides(cfg: Config, claim: Claim) -> list[str]:
+    """Overrides that make each run time the claim's target: a loss target becomes
+    train.target_val_loss, so the trainer records time_to_target (on val)."""
+    if claim.kind == "loss" and cfg.train.target_val_loss != claim.target:
+        return [f"train.target_val_loss={claim.target!r}"]
+    return []
+
+
+def judge(claim: Claim, values: list[float | None]) -> dict:
+    """The test of the claim over the seeds' values (None: the run did not finish)."""
+    n, finished = len(values), [v for v in values if v is not None]
+    if claim.kind == "pass_fail":
+        passed = sum(claim.reached(v) for v in values)
+        p = binomial_tail(passed, n, PASS_RATE) if n else None
+        test = {"name": "one-sided exact binomial test", "null": f"a seed passes with probability <= {PASS_RATE}",
+                "passed": passed, "n": n, "p_value": p, "seeds_needed_if_all_pass": seeds_needed()}
+    elif len(finished) < n:
+        test = {"name": "one-sided one-sample t-test", "null": f"mean {claim.metric} >= {claim.target:g}",
+                "t": None, "df": None, "p_value": None, "unfinished": n - len(finished)}
+    else:
+        test = {"name": "one-sided one-sample t-test", "null": f"mean {claim.metric} >= {claim.target:g}",
+                **t_test_below(finished, claim.target)}
+    test["alpha"] = ALPHA
+    test["holds"] = test["p_value"] is not None and test["p_value"] < ALPHA
+    return test
+
+
+def mean_sd(values: list[float | None]) -> dict:
+    """Mean and sample standard deviation of the values that exist, and how many there are."""
+    xs = [v for v in values if v is not None]
+    return {"mean": statistics.fmean(xs) if xs else None, "sd": statistics.stdev(xs) if len(xs) > 1 else None,
+            "n": len(xs)}
+
+
+# ---------------------------------------------------------------- the record
+
+def config_hash(cfg: Config) -> str:
+    """sha256 of the resolved config without train.seed, the one thing verify varies."""
+    table = to_dict(cfg)
+    table["train"] = {k: v for k, v in table["train"].items() if k != "seed"}
+    return hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()
+
+
+def seed_entry(claim: Claim, seed: int, run_dir: str, summary: dict | None, exit_code: int,
+               process_seconds: float | None) -> dict:
+    """One seed's line of the record, from its summary.json (None if the run did not finish)."""
+    summary = summary or {}
+    value = summary.get("metrics", {}).get(claim.metric)
+    return {"seed": seed, "run_dir": run_dir, "exit_code": exit_code, claim.metric: value,
+            "reached": claim.reached(value), claim.time_key: summary.get(claim.time_key),
+            "wall_seconds": summary.get("wall_seconds"), "train_seconds": summary.get("train_seconds"),
+            "steps": summary.get("steps"), "process_seconds": process_seconds}
+
+
+def machine(summaries: list[dict]) -> dict:
+    """The CPU (model and the flags that decide matmul speed), GPU, and the matmul peaks
+    the runs measured, by dtype."""
+    import torch
+
+    from .device import cpu_flags, hardware
+
+    peaks = {s["dtype"]: s["peak_flops"] for s in summaries if s.get("peak_flops") and s.get("dtype")}
+    return {**hardware(), "cpu_flags": cpu_flags(), "peak_flops": peaks, "torch_version": torch.__version__}
+
+
+def build_record(recipe: str, overrides: list[str], cfg: Config, claim: Claim, seeds: list[dict],
+                 summaries: list[dict]) -> dict:
+    import platform
+
+    from .rundir import git_commit
+
+    values = [s[claim.metric] for s in seeds]
+    test = judge(claim, values)
+    return {
+        "recipe": recipe, "overrides": list(overrides), "task": cfg.task, "config_sha256": config_hash(cfg),
+        "claim": claim.describe(), "metric": claim.metric, "target": claim.target, "kind": claim.kind,
+        "time_key": claim.time_key, "n_seeds": len(seeds), "seeds": seeds,
+        claim.metric: mean_sd(values), claim.time_key: mean_sd([s[claim.time_key] for s in seeds]),
+        "wall_seconds": mean_sd([s["wall_seconds"] for s in seeds]),
+        "test": test, "holds": test["holds"],
+        "machine": machine(summaries), "python_version": platform.python_version(), "git_commit": git_commit(),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+# ---------------------------------------------------------------- running the seeds
+
+def run_seed(recipe: str, overrides: list[str], seed: int, path: Path) -> tuple[int, float, str]:
+    """`speedrun train` of one seed in a fresh process: (exit code, seconds, its output)."""
+    cmd = [sys.executable, "-m", "speedrun", "train", recipe, *overrides, f"train.seed={seed}",
+           "--out", str(path), "--quiet"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc.returncode, time.perf_counter() - t0, proc.stdout
+
+
+def finished_summary(path: Path, digest: str) -> dict | None:
+    """The summary of a seed run finished earlier with the same config (so a verify that was
+    stopped can be run again and only the missing seeds train); None if there is none.
+    A run that did not finish is removed: its times would not be whole."""
+    if not path.exists():
+        return None
+    summary_file, config_file = path / "summary.json", path / "config.toml"
+    if not config_file.is_file():
+        raise ConfigError(f"{path} exists and is not a run directory; give verify a new --out")
+    if config_hash(load_config(str(config_file))) != digest:
+        raise ConfigError(f"{path} holds a run of another config; give verify a new --out")
+    if summary_file.is_file():
+        return json.loads(summary_file.read_text(encoding="utf-8"))
+    shutil.rmtree(path)
+    return None
+
+
+def verify(recipe: str, overrides: list[str] = (), seeds: int = 5, target: float | None = None,
+           out: str | Path | None = None, first_seed: int = 1, say=print) -> dict:
+    """Run the seeds (or reuse those already finished in `out`), write verify.json, return the record."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds {seeds}: give at least 1 (5 or more for a claim at p < 0.01)")
+    cfg = load_config(recipe, list(overrides))
+    claim = claim_for(cfg, target)
+    overrides = list(overrides) + claim_overrides(cfg, claim)
+    cfg = load_config(recipe, overrides)
+    digest = config_hash(cfg)
+    out = Path(out) if out else Path("runs") / f"verify-{cfg.recipe or cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    say(f"verify {recipe}: {seeds} seeds, claim: {claim.describe()}, in {out}")
+    entries, summaries = [], []
+    for seed in range(first_seed, first_seed + seeds):
+        path = out / f"seed-{seed}"
+        summary = finished_summary(path, digest)
+        code, seconds = 0, None
+        if summary is not None:
+            say(f"seed {seed}: finished earlier in {path}, reused")
+        else:
+            code, seconds, output = run_seed(recipe, overrides, seed, path)
+            (out / "logs" / f"seed-{seed}.txt").write_text(output, encoding="utf-8")
+            if code == 2:  # the user's config or data: every seed would fail the same way
+                lines = [x for x in output.splitlines() if x.startswith("error:")] or output.splitlines()[-1:]
+                raise ConfigError(f"seed {seed}: {(lines[-1] if lines else 'failed').removeprefix('error: ')}")
+            summary_file = path / "summary.json"
+            finished = code == 0 and summary_file.is_file()
+            summary = json.loads(summary_file.read_text(encoding="utf-8")) if finished else None
+        entry = seed_entry(claim, seed, str(path), summary, code, seconds)
+        entries.append(entry)
+        summaries.append(summary or {})
+        say(seed_line(claim, entry))
+    record = build_record(recipe, list(overrides), cfg, claim, entries, summaries)
+    if claim.metric == "val_loss" and cfg.task == "text":
+        record["caveat"] = ("the recipe has no test split (data.test_fraction = 0): the claim is on the "
+                            "validation split, the one tuning looks at")
+    record["out"] = str(out)
+    (out / "verify.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return record
+
+
+# ---------------------------------------------------------------- the table
+
+def _num(value, spec: str, unit: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+def seed_line(claim: Claim, entry: dict) -> str:
+    if entry[claim.metric] is None:
+        return (f"seed {entry['seed']}: did not finish (exit code {entry['exit_code']}; "
+                f"see logs/seed-{entry['seed']}.txt)")
+    return (f"seed {entry['seed']}: {claim.metric} {entry[claim.metric]:.4f}, {claim.time_key} "
+            f"{_num(entry[claim.time_key], '.1f', ' s')}, wall {_num(entry['wall_seconds'], '.1f', ' s')}")
+
+
+def format_record(record: dict) -> str:
+    """The record as one table and a verdict in plain words."""
+    metric, time_key = record["metric"], record["time_key"]
+    spec = ".6f" if record["kind"] == "pass_fail" else ".4f"
+    header = ["seed", metric, "reached", time_key, "wall_seconds", "steps"]
+    rows = [[str(s["seed"]), _num(s[metric], spec), "yes" if s["reached"] else "no",
+             _num(s[time_key], ".1f"), _num(s["wall_seconds"], ".1f"), _num(s["steps"], "d")]
+            for s in record["seeds"]]
+    for label in ("mean", "sd"):
+        rows.append([label, _num(record[metric][label], spec), "", _num(record[time_key][label], ".1f"),
+                     _num(record["wall_seconds"][label], ".1f"), ""])
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    lines = [f"speedrun verify {record['recipe']}: {record['n_seeds']} seeds; claim: {record['claim']}", ""]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [header] + rows]
+    test = record["test"]
+    p = test["p_value"]
+    if record["kind"] == "pass_fail":
+        detail = (f"{test['passed']} of {test['n']} seeds reached {metric} >= {record['target']:g}; "
+                  f"{test['name']} of H0 \"{test['null']}\": p = {p:.4g}")
+    elif p is None:
+        detail = (f"{test['name']} not possible: " + (f"{test['unfinished']} seed(s) did not finish"
+                                                       if test.get("unfinished") else "it needs at least 2 seeds"))
+    else:
+        t = "" if test["t"] is None else f"t = {test['t']:.3f}, df = {test['df']}, "
+        detail = f"{test['name']} of H0 \"{test['null']}\": {t}p = {p:.4g}"
+    lines += ["", detail]
+    if record["holds"]:
+        verdict = f"the claim HOLDS at p < {test['alpha']:g}"
+    else:
+        verdict = f"the claim is NOT SHOWN at p < {test['alpha']:g}"
+        if record["kind"] == "pass_fail" and test["n"] < test["seeds_needed_if_all_pass"]:
+            verdict += f" (even with every seed passing, it takes {test['seeds_needed_if_all_pass']} seeds)"
+    m = record["machine"]
+    if record.get("caveat"):
+        verdict += f"; note: {record['caveat']}"
+    lines += [verdict + ".",
+              f"machine: {m['cpu']}{' / ' + m['gpu'] if m.get('gpu') else ''}, torch {m['torch_version']}, "
+              f"commit {(record['git_commit'] or '-')[:12]}, config sha256 {record['config_sha256'][:12]}"]
+    return "\n".join(lines)
