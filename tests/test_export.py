@@ -22,7 +22,7 @@ BLOCK = 96
 MULTILINGUAL = ("The quick brown fox. Der Bär läuft über die Straße. Le cœur a ses raisons. "
                 "Быстрая лиса. 東京は晴れです。 안녕하세요 세계. مرحبا بالعالم. नमस्ते दुनिया. 🙂🚀 ½ ≠ ∞\n")
 SAMPLE = MULTILINGUAL + "a line\n\n  two spaces, a tab\tand " + EOT + " inside, 12+34=46" + EOT
-# Recipes whose model section differs from the defaults; chat-sft fine-tunes chat-base's model.
+# Every bundled recipe; chat-sft fine-tunes chat-base's model as it is, so it brings no model of its own.
 RECIPES = [name for name in recipe_names() if name != "chat-sft"]
 
 
@@ -146,6 +146,8 @@ def test_tokenizers_give_the_same_ids_in_transformers(char_tok, chat_tok, tmp_pa
 
 
 def test_chat_template_renders_our_ids(chat_tok, tmp_path):
+    from jinja2 import TemplateError
+
     from speedrun.chat.template import ChatTemplate
 
     model = shrunk(load_config("chat-base").model, chat_tok.vocab_size)
@@ -171,7 +173,7 @@ def test_chat_template_renders_our_ids(chat_tok, tmp_path):
             prompt = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
                                             return_dict=True)["input_ids"]
             assert prompt == template.prompt(messages)
-    with pytest.raises(Exception, match="system message may only come first"):
+    with pytest.raises(TemplateError, match="system message may only come first"):
         hf.apply_chat_template([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}])
     gen = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
     assert gen["bos_token_id"] == chat_tok.token_id("<|bos|>")

@@ -85,11 +85,6 @@ def hf_architecture(m: ModelConfig) -> str:
 Entry = tuple[str, "str | int", str]
 
 
-def _optional(name: str, m: ModelConfig, size: int, how: str = "copy") -> tuple:
-    """A bias: ours if the model has biases, else zeros."""
-    return (name, how) if m.bias else (size, "zeros")
-
-
 def _gpt2_entries(m: ModelConfig, conv1d: bool = True) -> list[Entry]:
     """GPT-2 tensors; `conv1d` False gives GGUF's names and (out, in) layout."""
     C, H = m.n_embd, m.mlp_ratio * m.n_embd
@@ -103,8 +98,8 @@ def _gpt2_entries(m: ModelConfig, conv1d: bool = True) -> list[Entry]:
     linear_how = "t" if conv1d else "copy"
 
     def layer(prefix: str, ours: str, out: int, weight_how: str) -> list[Entry]:
-        return [(f"{prefix}.weight", f"{ours}.weight", weight_how),
-                (f"{prefix}.bias", *_optional(f"{ours}.bias", m, out))]
+        bias = (f"{ours}.bias", "copy") if m.bias else (out, "zeros")  # GPT-2 always has biases
+        return [(f"{prefix}.weight", f"{ours}.weight", weight_how), (f"{prefix}.bias", *bias)]
 
     entries = [(f"{n['emb']}.weight", "tok_emb.weight", "copy"), (f"{n['pos']}.weight", "pos_emb.weight", "copy")]
     for i in range(m.n_layer):
@@ -135,7 +130,8 @@ def _llama_entries(m: ModelConfig, qk_norm: bool, norms: tuple[str, str]) -> lis
         if qk_norm:
             entries += [(f"{p}self_attn.q_norm.weight", D, "ones"), (f"{p}self_attn.k_norm.weight", D, "ones")]
         entries.append((f"{p}{norms[1]}.weight", C, "ones"))
-        for theirs, mine in (("self_attn.o_proj", "attn.proj"), ("mlp.up_proj", "mlp.fc"), ("mlp.down_proj", "mlp.proj")):
+        for theirs, mine in (("self_attn.o_proj", "attn.proj"), ("mlp.up_proj", "mlp.fc"),
+                             ("mlp.down_proj", "mlp.proj")):
             entries.append((f"{p}{theirs}.weight", f"{ours}{mine}.weight", "copy"))
             if m.bias:
                 entries.append((f"{p}{theirs}.bias", f"{ours}{mine}.bias", "copy"))
@@ -355,10 +351,7 @@ def gguf_vocab(tok) -> tuple[list[str], list[int], list[str]]:
 
 
 def write_gguf(model: GPT, tok, cfg: Config, path: Path) -> None:
-    try:
-        import gguf
-    except ImportError:
-        raise ConfigError("GGUF export needs the gguf package: pip install 'speedrun[export]'") from None
+    gguf = _gguf()
     m = cfg.model
     writer = gguf.GGUFWriter(str(path), "gpt2")
     writer.add_name(cfg.recipe or cfg.task)
@@ -388,9 +381,15 @@ def write_gguf(model: GPT, tok, cfg: Config, path: Path) -> None:
 
 
 def read_gguf(path: Path) -> dict[str, torch.Tensor]:
-    from gguf import GGUFReader
+    return {t.name: torch.from_numpy(t.data.copy()) for t in _gguf().GGUFReader(str(path)).tensors}
 
-    return {t.name: torch.from_numpy(t.data.copy()) for t in GGUFReader(str(path)).tensors}
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise ConfigError("GGUF files need the gguf package: pip install 'speedrun[export]'") from None
+    return gguf
 
 
 def write_hf(model: GPT, tok, cfg: Config, out: Path) -> None:
@@ -467,8 +466,8 @@ def model_card(cfg: Config, summary: dict, result: dict, to: str) -> str:
     data = {"addition": "3-digit addition problems, generated", "chat": "synthetic chat tasks"}.get(cfg.task, "")
     rows = [("recipe", f"`{name}`" + (f": {cfg.description}" if cfg.description else "")),
             ("task", cfg.task), ("data", source or data or "-"),
-            ("architecture", f"{m.n_layer} layers x {m.n_embd}, {m.n_head} heads, context {m.block_size}, "
-                             f"vocabulary {m.vocab_size}; exported as {result['architecture']}")]
+            ("model", f"{m.n_layer} x {m.n_embd} (layers x width), {m.n_head} heads, context {m.block_size}, "
+                      f"vocabulary {m.vocab_size}; exported as {result['architecture']}")]
     for key, label in (("params", "parameters"), ("steps", "steps"), ("tokens", "training tokens"),
                        ("train_seconds", "training seconds"), ("device", "device"), ("dtype", "dtype"),
                        ("torch_version", "torch"), ("git_commit", "speedrun commit")):
@@ -485,8 +484,8 @@ def model_card(cfg: Config, summary: dict, result: dict, to: str) -> str:
     diff = result["max_logit_diff"]
     if to == "hf":
         load = ("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-                "tokenizer = AutoTokenizer.from_pretrained(\"PATH\")\n"
-                "model = AutoModelForCausalLM.from_pretrained(\"PATH\")\n```\n")
+                f"tokenizer = AutoTokenizer.from_pretrained({result['out']!r})\n"
+                f"model = AutoModelForCausalLM.from_pretrained({result['out']!r})\n```\n")
         check = ("" if diff is None else
                  f"Checked at export: the largest difference between these logits in transformers and "
                  f"speedrun's own model was {diff:.1e} on a full context of random tokens.\n")
@@ -499,7 +498,8 @@ def model_card(cfg: Config, summary: dict, result: dict, to: str) -> str:
     return (f"---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags: [speedrun]\n---\n\n"
             f"# {name}\n\nA small GPT trained from scratch with speedrun.\n\n| | |\n| --- | --- |\n{table}\n\n"
             f"## Load it\n\n{load}\n{check}\n"
-            f"`speedrun sample PATH` and `speedrun chat PATH` load this folder into speedrun's own model.\n")
+            f"`speedrun sample {result['out']}` and `speedrun chat {result['out']}` load this folder into "
+            "speedrun's own model.\n")
 
 
 def is_export(path) -> bool:
