@@ -111,7 +111,8 @@ def test_engine_stops_at_the_context_limit(tok):
 
 
 def test_chat_task_batches_mask_everything_but_assistant_tokens(tmp_path, tok):
-    from speedrun.tasks.chat import IGNORE, ChatTask
+    from speedrun.model import IGNORE_INDEX as IGNORE
+    from speedrun.tasks.chat import ChatTask
 
     (tmp_path / "tok.json").write_text(tok.to_json())
     convs = tmp_path / "mine.jsonl"
@@ -185,6 +186,18 @@ def test_pipeline_rejects_unknown_keys_before_any_work(tmp_path):
     assert main(["chat-pipeline", "--out", str(tmp_path / "p"), "vocab_sise=3"]) == 2
     assert main(["chat-pipeline", "--out", str(tmp_path / "p"), "base.train.stepz=3"]) == 2
     assert not (tmp_path / "p").exists()
+
+
+def test_stage_settings_are_typed_and_a_replaced_override_is_refused(tmp_path, capsys):
+    from speedrun.apps.chat_pipeline import Pipeline, PipelineConfig
+
+    p = Pipeline(tmp_path / "p", PipelineConfig(seed=7), ["train.seed=3", "model.n_layer=1"], ["optim.lr=0.01"])
+    base, sft = p.base_config(), p.sft_config()
+    assert base.train.seed == 3 and base.data.tokenizer_file == str(p.tokenizer_file)  # the user's seed wins
+    assert sft.train.seed == 7 and sft.optim.lr == 0.01 and sft.model == base.model  # the base model's shape
+    assert main(["chat-pipeline", "--out", str(tmp_path / "q"), "sft.model.n_layer=3"]) == 2
+    assert "sft.model.n_layer: fine-tuning continues the base model" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
 
 
 def test_init_from_starts_from_another_runs_weights(tmp_path, line_corpus, capsys):

@@ -2,7 +2,7 @@ import pytest
 from chat_engines import ScriptedEngine, talkative_engine
 
 import speedrun.chat.engine as engine_module
-from speedrun.chat.cli_chat import answer, chat_loop
+from speedrun.apps.chat_cli import answer, chat_loop
 from speedrun.chat.engine import PromptTooLong, as_plain_text, load_engine
 from speedrun.cli import main
 

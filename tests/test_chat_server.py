@@ -5,7 +5,7 @@ from chat_engines import ScriptedEngine, talkative_engine
 from fastapi.testclient import TestClient
 
 from speedrun.chat.engine import load_engine
-from speedrun.chat.server import create_app
+from speedrun.apps.server import create_app
 from speedrun.cli import build_parser, main
 
 

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from speedrun.chat.calculator import evaluate
-from speedrun.chat.tasks import (
+from speedrun.chat.conversations import (
     TASKS,
     ChatDataError,
     TaskItem,
@@ -100,7 +100,8 @@ def test_a_constant_reply_fails_identity():
     for item in items:
         assert identity.is_correct(item, creator) == (item.answer == "the speedrun developers")
     answers = {item.answer for item in items}
-    assert answers == {"speedrun", "the speedrun developers", "a small language model trained from scratch with speedrun"}
+    assert answers == {"speedrun", "the speedrun developers",
+                       "a small language model trained from scratch with speedrun"}
     best = max(sum(identity.is_correct(i, response(j)) for i in items) for j in items)
     assert best < 60  # no one reply answers most questions
 

@@ -19,7 +19,7 @@ import uvicorn
 from chat_engines import ScriptedEngine, SlowEngine, talkative_engine
 
 from speedrun.chat.engine import as_plain_text, load_engine
-from speedrun.chat.server import create_app
+from speedrun.apps.server import create_app
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from .engine import Engine, PromptTooLong, assistant_message, display
+from ..chat.engine import Engine, PromptTooLong, assistant_message, display
 
 HELP = "type a message; /clear starts a new conversation, /quit (or Ctrl-D) leaves"
 STOP_NOTES = {"max_tokens": " [stopped at --max-new-tokens]", "context": " [stopped: the model's context is full]"}

@@ -20,12 +20,14 @@ stage resumes from its last checkpoint). Overrides go to the pipeline
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
-from ..config import ConfigError, build_section, load_config, parse_override
+from ..config import Config, ConfigError, build_section, load_config, parse_override
 from ..rundir import RunDir
 
 STAGES = ("tokenizer", "base", "eval_base", "sft", "eval_sft", "report")
@@ -64,6 +66,30 @@ def parse_pipeline_overrides(overrides: list[str]) -> tuple[PipelineConfig, list
     return build_section(PipelineConfig, table, ""), base, sft
 
 
+def stage_config(stage: str, recipe: str, overrides: list[str], settings: dict[str, Any],
+                 fixed: tuple[str, ...] = ()) -> Config:
+    """A stage's recipe with its overrides, then the pipeline's settings (dotted keys) wherever the
+    user did not override them. Keys under `fixed` the pipeline always replaces: overriding them is
+    a one-line error, never silently dropped."""
+    given = {".".join(parse_override(text)[0]) for text in overrides}
+    for key in sorted(given):
+        if key.startswith(fixed):
+            raise ConfigError(f"{stage}.{key}: fine-tuning continues the base model, so its shape comes from "
+                              f"the base stage; set base.{key} instead")
+    cfg = load_config(recipe, overrides)
+    for key, value in settings.items():
+        if key not in given:
+            cfg = replace_dotted(cfg, key.split("."), value)
+    return cfg
+
+
+def replace_dotted(obj, path: list[str], value):
+    """A copy of a nest of dataclasses with the field at `path` replaced."""
+    if len(path) == 1:
+        return dataclasses.replace(obj, **{path[0]: value})
+    return dataclasses.replace(obj, **{path[0]: replace_dotted(getattr(obj, path[0]), path[1:], value)})
+
+
 class Pipeline:
     def __init__(self, out: str | Path, cfg: PipelineConfig, base_overrides: list[str] = (),
                  sft_overrides: list[str] = (), progress: bool = True):
@@ -72,7 +98,7 @@ class Pipeline:
         self.state_path = self.out / "pipeline.json"
         self.state = json.loads(self.state_path.read_text()) if self.state_path.is_file() else {"stages": {}}
         # the stage configs are checked before any work starts, so a typo fails in a second
-        self.base_config()
+        self.sft_config()  # (which builds the base stage's config too)
 
     # --- bookkeeping ----------------------------------------------------
     def done(self, stage: str) -> bool:
@@ -112,30 +138,26 @@ class Pipeline:
     def corpus_file(self) -> Path:
         return self.out / "corpus.jsonl"
 
-    def base_config(self):
+    def base_config(self) -> Config:
         c = self.cfg
-        return load_config(c.base_recipe, [
-            f"data.source={json.dumps(str(self.corpus_file))}", f"data.tokenizer_file={json.dumps(str(self.tokenizer_file))}",
-            f"data.val_fraction={c.val_fraction}", f"train.seed={c.seed}", f"device={json.dumps(c.device)}",
-            *self.base_overrides])
+        return stage_config("base", c.base_recipe, self.base_overrides, {
+            "data.source": str(self.corpus_file), "data.tokenizer_file": str(self.tokenizer_file),
+            "data.val_fraction": c.val_fraction, "train.seed": c.seed, "device": c.device})
 
-    def sft_config(self):
+    def sft_config(self) -> Config:
         c = self.cfg
-        cfg = load_config(c.sft_recipe, [
-            f"data.tokenizer_file={json.dumps(str(self.tokenizer_file))}", f"train.seed={c.seed}",
-            f"train.init_from={json.dumps(str(self.out / 'base'))}", f"device={json.dumps(c.device)}",
-            f"data.identity_name={json.dumps(c.identity_name)}",
-            f"data.identity_creator={json.dumps(c.identity_creator)}",
-            f"data.identity_description={json.dumps(c.identity_description)}",
-            *self.sft_overrides])
-        cfg.model = self.base_config().model  # fine-tuning continues the base model as it is
-        return cfg
+        cfg = stage_config("sft", c.sft_recipe, self.sft_overrides, {
+            "data.tokenizer_file": str(self.tokenizer_file), "train.seed": c.seed,
+            "train.init_from": str(self.out / "base"), "device": c.device,
+            "data.identity_name": c.identity_name, "data.identity_creator": c.identity_creator,
+            "data.identity_description": c.identity_description}, fixed=("model.",))
+        return dataclasses.replace(cfg, model=self.base_config().model)  # fine-tuning continues the base model
 
     # --- stages ---------------------------------------------------------
     def stage_tokenizer(self) -> dict:
         from ..data import load_documents, split_documents, unique_documents
-        from .corpus import python_docs
-        from .template import train_chat_tokenizer
+        from ..chat.corpus import python_docs
+        from ..chat.template import train_chat_tokenizer
 
         c = self.cfg
         loaded = load_documents(c.corpus, c.text_field) if c.corpus else python_docs()
@@ -188,8 +210,8 @@ class Pipeline:
         """The held-out questions: the base model few-shot in plain text (it never saw the
         chat tokens), the fine-tuned model in the chat template."""
         from ..tasks.chat import identity_options, task_weights
-        from .engine import load_engine
-        from .evaluate import eval_items, evaluate_tasks
+        from ..chat.engine import load_engine
+        from ..chat.evaluate import eval_items, evaluate_tasks
 
         c, sft = self.cfg, self.sft_config().data
         tasks, identity = list(task_weights(sft)), identity_options(sft)
@@ -209,7 +231,7 @@ class Pipeline:
         return self.evaluate("sft")
 
     def stage_report(self) -> dict:
-        from .report import write_chat_report
+        from .chat_report import write_chat_report
 
         path = write_chat_report(self.out, self.state)
         self.say(f"[report] wrote {path}")

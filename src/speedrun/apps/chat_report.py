@@ -69,7 +69,7 @@ def task_table(before: dict | None, after: dict | None) -> str:
 
 
 def examples(result: dict) -> list[str]:
-    from .engine import as_plain_text
+    from ..chat.engine import as_plain_text
 
     lines = []
     for name, task in result["tasks"].items():

@@ -20,8 +20,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 
-from .engine import Engine, PromptTooLong
-from .template import TemplateError
+from ..chat.engine import Engine, PromptTooLong
+from ..chat.template import TemplateError
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 PAGE = Path(__file__).parent / "static" / "index.html"

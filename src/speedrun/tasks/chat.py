@@ -12,15 +12,15 @@ import math
 
 import torch
 
-from ..chat.tasks import load_conversations, mixture
+from ..chat.conversations import load_conversations, mixture
 from ..chat.template import BOS, ChatTemplate
-from ..config import ChatData
+from ..config import ChatData, Config
 from ..data import DataError
 from ..device import Runtime
-from ..model import evaluating
+from ..model import IGNORE_INDEX, evaluating
 from ..tokenizer import load_tokenizer_file
+from . import Task
 
-IGNORE = -100
 
 
 def identity_options(cfg: ChatData) -> dict:
@@ -32,8 +32,12 @@ def task_weights(cfg: ChatData) -> dict[str, float]:
     return {name: getattr(cfg, name) for name in names if getattr(cfg, name) > 0}
 
 
-class ChatTask:
+class ChatTask(Task):
     name = "chat"
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "ChatTask":
+        return cls(cfg.data, block_size=cfg.model.block_size, seed=cfg.train.seed)
 
     def __init__(self, cfg: ChatData, block_size: int, seed: int):
         if not cfg.tokenizer_file:
@@ -65,14 +69,14 @@ class ChatTask:
         return rows
 
     def to_xy(self, rows: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Packed rows of conversations -> inputs and targets (IGNORE where no loss)."""
+        """Packed rows of conversations -> inputs and targets (IGNORE_INDEX where no loss)."""
         T = self.block_size
         x = torch.full((len(rows), T + 1), self.pad, dtype=torch.long)
-        y = torch.full((len(rows), T + 1), IGNORE, dtype=torch.long)
+        y = torch.full((len(rows), T + 1), IGNORE_INDEX, dtype=torch.long)
         for r, (ids, mask) in enumerate(rows):
             ids_t, mask_t = torch.tensor(ids), torch.tensor(mask, dtype=torch.bool)
             x[r, :len(ids)] = ids_t
-            y[r, :len(ids)] = torch.where(mask_t, ids_t, IGNORE)
+            y[r, :len(ids)] = torch.where(mask_t, ids_t, IGNORE_INDEX)
         return x[:, :-1], y[:, 1:]
 
     def pack(self, pieces) -> list[tuple[list[int], list[int]]]:
@@ -111,9 +115,9 @@ class ChatTask:
                 with rt.autocast():
                     logits = model(x)
                 total += torch.nn.functional.cross_entropy(
-                    logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=IGNORE,
+                    logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=IGNORE_INDEX,
                     reduction="sum").item()
-                count += int((y != IGNORE).sum())
+                count += int((y != IGNORE_INDEX).sum())
         return total / max(count, 1)
 
     def evaluate(self, model, rt: Runtime, step: int) -> dict:
