@@ -48,8 +48,8 @@ def time_reference(iters: int = 20, warmup: int = 2) -> float:
     from speedrun.config import load_config
     from speedrun.device import setup_runtime
     from speedrun.optim import build_optimizer
-    from speedrun.tasks import build_task
-    from speedrun.trainer import build_model, train_step
+    from speedrun.step import train_step
+    from speedrun.tasks import build_model, build_task
 
     cfg = load_config("addition-reference")
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.model.n_embd)

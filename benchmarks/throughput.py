@@ -41,8 +41,8 @@ def time_steps(cfg, steps: int, warmup: int, compile_model: bool = False) -> tup
     """(seconds per optimizer step, seconds of warm-up) for `cfg`, timed like the trainer's clock."""
     from speedrun.device import setup_runtime
     from speedrun.optim import build_optimizer
-    from speedrun.tasks import build_task
-    from speedrun.trainer import build_model, train_step
+    from speedrun.step import train_step
+    from speedrun.tasks import build_model, build_task
 
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.model.n_embd)
     torch.manual_seed(cfg.train.seed)

@@ -1,6 +1,14 @@
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def measured_peak(monkeypatch):
+    """A fixed matmul peak (100 GFLOP/s) instead of measuring one: a measurement takes 1-4 s, and a
+    test that trains on a fresh cache would spend it inside its time budget. Tests of the
+    measurement itself call the real `measure_peak`."""
+    monkeypatch.setattr("speedrun.flops.measure_peak", lambda device, dtype, size=None, trials=None: 1e11)
+
+
 @pytest.fixture
 def line_corpus(tmp_path, monkeypatch):
     """400 short lines of text, with the token cache kept inside the test's folder."""
@@ -8,6 +16,17 @@ def line_corpus(tmp_path, monkeypatch):
     path = tmp_path / "corpus.txt"
     path.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog {i * 7 % 13}\n"
                             for i in range(400)))
+    return path
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    """150 lines of words, two of them with non-ASCII letters, with the token cache inside the test's folder."""
+    monkeypatch.setenv("SPEEDRUN_CACHE", str(tmp_path / "cache"))
+    words = ["to", "be", "or", "not", "that", "is", "the", "question", "café", "naïve"]
+    lines = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(8)) for i in range(150)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 

@@ -1,16 +1,20 @@
 """The training loop's clocks, budget and schedule: every figure a user can check with a stopwatch."""
 
 import json
+import math
+import os
+import signal
 import time
 
 import pytest
 import torch
 
 from speedrun import trainer as trainer_module
+from speedrun.compilation import COMPILE_PAYS_AFTER_SECONDS
 from speedrun.config import load_config
 from speedrun.device import setup_runtime
 from speedrun.rundir import RunDir
-from speedrun.trainer import Trainer
+from speedrun.trainer import Diverged, Interrupted, Trainer
 
 RT = setup_runtime("cpu", "float32")
 TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16", "train.batch_size=4",
@@ -64,7 +68,7 @@ def test_wall_clock_counts_from_process_start(tmp_path, line_corpus):
 def test_compile_auto_pays_only_for_long_runs(tmp_path, line_corpus):
     assert not make_trainer(tmp_path, line_corpus, "train.steps=10", name="short").compile
     assert not make_trainer(tmp_path, line_corpus, "train.time_budget=60", name="minute").compile
-    assert make_trainer(tmp_path, line_corpus, f"train.time_budget={trainer_module.COMPILE_PAYS_AFTER_SECONDS}",
+    assert make_trainer(tmp_path, line_corpus, f"train.time_budget={COMPILE_PAYS_AFTER_SECONDS}",
                         name="long").compile
     assert not make_trainer(tmp_path, line_corpus, "train.time_budget=3600", "train.compile=false",
                             name="off").compile
@@ -79,7 +83,7 @@ def test_budgeted_run_capped_by_steps_still_anneals(tmp_path, line_corpus):
 
 
 def test_budget_lifts_the_step_count(tmp_path, line_corpus):
-    t = make_trainer(tmp_path, line_corpus, "train.steps=5", "train.time_budget=1.5")
+    t = make_trainer(tmp_path, line_corpus, "train.steps=5", "train.time_budget=3.0")
     summary = t.train()
     assert summary["stopped_by"] == "time_budget" and summary["steps"] > 5
 
@@ -106,3 +110,110 @@ def test_stale_cached_peak_is_measured_again(tmp_path, line_corpus, monkeypatch)
     cache = json.loads((tmp_path / "cache" / "peak_flops.json").read_text())
     assert cache[key]["flops"] == summary["peak_flops"]
     assert "stale" in (t.run.path / "train.log").read_text()
+
+
+def test_time_budget_stops_and_anneals(tmp_path, corpus):
+    t = make_trainer(tmp_path, corpus, "train.steps=100000", "train.time_budget=1.5", "optim.schedule=cosine",
+                     "optim.warmup_steps=0", "optim.min_lr_ratio=0.1")
+    summary = t.train()
+    assert summary["stopped_by"] == "time_budget" and summary["steps"] < 100000
+    # the budget is wall-clock: setup, evaluation and checkpoints are spent from it too
+    assert summary["train_seconds"] < 1.5 <= summary["wall_seconds"] < 4.0
+    records = [json.loads(x) for x in (t.run.path / "metrics.jsonl").read_text().splitlines()]
+    scales = [r["lr_scale"] for r in records if "lr_scale" in r]
+    assert scales[0] > 0.95 and scales[-1] < 0.15  # it annealed to the end of the budget
+
+
+def test_target_stops_and_records_time(tmp_path, corpus):
+    t = make_trainer(tmp_path, corpus, "train.steps=50", "train.eval_every=5", "train.target_val_loss=20.0")
+    summary = t.train()
+    assert summary["stopped_by"] == "target" and summary["steps"] == 5
+    assert summary["train_seconds_to_target"] == pytest.approx(summary["train_seconds"])
+    assert summary["train_seconds"] < summary["time_to_target"] <= summary["wall_seconds"]
+    assert summary["target_val_loss"] == 20.0
+    t = make_trainer(tmp_path, corpus, "train.steps=12", "train.eval_every=5", "train.target_val_loss=20.0",
+                     "train.stop_at_target=false", name="go-on")
+    summary = t.train()
+    assert summary["steps"] == 12 and summary["train_seconds_to_target"] < summary["train_seconds"]
+
+
+def test_sampled_estimate_is_labelled_and_confirmed_before_target(tmp_path, corpus):
+    t = make_trainer(tmp_path, corpus, "train.steps=50", "train.eval_every=5", "train.target_val_loss=20.0",
+                     "data.eval_batches=1")
+    summary = t.train()
+    records = [json.loads(x) for x in (t.run.path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["eval"] for r in records if "eval" in r]
+    assert evals[:2] == ["sampled", "full"] and summary["stopped_by"] == "target"
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, corpus, monkeypatch):
+    args = ("train.steps=24", "train.eval_every=8", "optim.name=muon", "model.dropout=0.1")
+    whole = make_trainer(tmp_path, corpus, *args, name="whole").train()
+
+    real_step, calls = trainer_module.train_step, []
+
+    def step_then_interrupt(*a, **kw):
+        loss = real_step(*a, **kw)
+        calls.append(1)
+        if len(calls) == 13:  # not at an evaluation boundary
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(trainer_module, "train_step", step_then_interrupt)
+    part = make_trainer(tmp_path, corpus, *args, name="part")
+    with pytest.raises(Interrupted):
+        part.train()
+    monkeypatch.setattr(trainer_module, "train_step", real_step)
+    cfg = part.run.resume_config()
+    resumed = Trainer(cfg, part.run, RT, progress=False).train(resume=True)
+
+    def losses(name):
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+
+    assert losses("part") == losses("whole")
+    assert resumed["metrics"]["val_loss"] == whole["metrics"]["val_loss"]
+    assert resumed["steps"] == whole["steps"] == 24
+
+
+def spike_at(trainer, calls_with_nan):
+    """Make the token embedding emit NaN on the given forward calls (1-based)."""
+    count = [0]
+
+    def hook(module, args, output):
+        count[0] += 1
+        return output * float("nan") if count[0] in calls_with_nan else output
+
+    trainer.model.tok_emb.register_forward_hook(hook)
+
+
+def test_isolated_nonfinite_step_is_skipped_when_allowed(tmp_path, corpus):
+    t = make_trainer(tmp_path, corpus, "train.steps=12", "train.skip_nonfinite=1", "train.eval_every=0")
+    spike_at(t, {5})
+    summary = t.train()
+    assert summary["steps"] == 12 and math.isfinite(summary["metrics"]["val_loss"])
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())
+    assert "update skipped (1 of train.skip_nonfinite=1)" in (t.run.path / "train.log").read_text()
+
+
+def test_nonfinite_loss_stops_naming_the_step(tmp_path, corpus):
+    t = make_trainer(tmp_path, corpus, "train.steps=12", "train.eval_every=0", name="stop")
+    spike_at(t, {5})
+    with pytest.raises(Diverged, match="at step 5: training diverged"):
+        t.train()
+    t = make_trainer(tmp_path, corpus, "train.steps=12", "train.skip_nonfinite=1", "train.eval_every=0",
+                     name="twice")
+    spike_at(t, {3, 7})
+    with pytest.raises(Diverged, match="not finite at 2 steps, the last at step 7"):
+        t.train()
+
+
+def test_checkpoint_of_another_shape_is_a_clear_error(tmp_path, corpus):
+    from speedrun.config import ConfigError
+
+    small = make_trainer(tmp_path, corpus, "train.steps=2", "train.eval_every=0", name="small")
+    small.train()
+    wide = make_trainer(tmp_path, corpus, "train.steps=4", "model.n_embd=32", name="wide")
+    wide.run = small.run  # the wider model pointed at the smaller model's checkpoint
+    with pytest.raises(ConfigError, match="checkpoint does not match the model in the config"):
+        wide.train(resume=True)

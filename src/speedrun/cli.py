@@ -31,14 +31,14 @@ def cmd_train(args) -> int:
     from .clock import process_start
     from .device import setup_runtime
     from .rundir import RunDir
-    from .trainer import Diverged, Interrupted, resume_config, train
+    from .trainer import Diverged, Interrupted, train
 
     if args.resume:
         if args.recipe or args.overrides or args.out or args.data:
             raise ConfigError("--resume RUN_DIR continues a run with its own config; "
                               "give no recipe, overrides, --out or --data with it")
         run = RunDir(Path(args.resume))
-        cfg = resume_config(run)
+        cfg = run.resume_config()
     else:
         if not args.recipe:
             raise ConfigError("name a recipe (see `speedrun recipes`) or give --resume RUN_DIR")
@@ -130,7 +130,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_chat_pipeline(args) -> int:
-    from .chat.pipeline import STAGES, Pipeline, parse_pipeline_overrides
+    from .apps.chat_pipeline import STAGES, Pipeline, parse_pipeline_overrides
 
     overrides = list(args.overrides) + ([f"corpus={json.dumps(args.data)}"] if args.data else [])
     cfg, base, sft = parse_pipeline_overrides(overrides)
@@ -144,7 +144,7 @@ def cmd_report(args) -> int:
     from .report import write_report
 
     if len(args.run_dirs) == 1 and (Path(args.run_dirs[0]) / "pipeline.json").is_file():
-        from .chat.report import write_chat_report
+        from .apps.chat_report import write_chat_report
 
         print(f"wrote {write_chat_report(args.run_dirs[0])}")
         return 0
@@ -157,7 +157,7 @@ def cmd_report(args) -> int:
 def cmd_chat(args) -> int:
     import torch
 
-    from .chat.cli_chat import answer, chat_loop, conversation
+    from .apps.chat_cli import answer, chat_loop, conversation
     from .chat.engine import PromptTooLong
 
     if args.seed is not None:
@@ -187,7 +187,7 @@ def chat_engine(path: str, device: str):
 
 
 def cmd_serve(args) -> int:
-    from .chat.server import LOCAL_HOSTS, serve
+    from .apps.server import LOCAL_HOSTS, serve
 
     if args.host not in LOCAL_HOSTS:
         print(f"warning: serving on {args.host}: anyone who can reach this machine on port {args.port} "

@@ -149,7 +149,18 @@ class Config:
     data: Any = field(default_factory=AdditionData)
 
 
-DATA_CONFIGS: dict[str, type] = {"addition": AdditionData, "text": TextData, "chat": ChatData}
+@dataclass(frozen=True)
+class TaskSpec:
+    data: type  # the dataclass that validates the recipe's [data] table
+    implementation: str  # "module:Class" of the Task, imported only when a run builds it
+
+
+# Every task, named once: what validates its data, and what builds it (speedrun.tasks.build_task).
+TASKS: dict[str, TaskSpec] = {
+    "addition": TaskSpec(AdditionData, "speedrun.tasks.addition:AdditionTask"),
+    "text": TaskSpec(TextData, "speedrun.tasks.text:TextTask"),
+    "chat": TaskSpec(ChatData, "speedrun.tasks.chat:ChatTask"),
+}
 
 
 def recipe_names() -> list[str]:
@@ -257,14 +268,14 @@ def load_config(recipe: str, overrides: list[str] = ()) -> Config:
 def config_from_dict(table: dict, recipe_name: str = "") -> Config:
     table = dict(table)
     task = table.get("task", Config.task)
-    if task not in DATA_CONFIGS:
-        raise ConfigError(f"unknown task {task!r}; available: {', '.join(DATA_CONFIGS)}")
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
     data = table.pop("data", {})
     if not isinstance(data, dict):
         raise ConfigError(f"data must be a table of keys, not {data!r}")
     table.setdefault("recipe", recipe_name)
     cfg = build_section(Config, table, "")
-    cfg.data = build_section(DATA_CONFIGS[task], data, "data.")
+    cfg.data = build_section(TASKS[task].data, data, "data.")
     _validate(cfg)
     return cfg
 

@@ -13,15 +13,26 @@ import json
 from pathlib import Path
 
 from .config import ConfigError
-from .rundir import _finite
+from .rundir import RunDir, _finite
+
+
+class NoLog:
+    """What processes other than rank 0 log to."""
+
+    def log(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class MetricsLog:
     """Append metric records for one run; use as a context manager or call `close()`.
 
     tensorboard=None turns TensorBoard on when the package is installed, so a
-    missing optional viewer never stops a run. wandb is imported only when
-    `wandb_project` is set.
+    missing optional viewer never stops a run. Its writer opens at the first
+    record, so a log that never records starts no thread. wandb is imported only
+    when `wandb_project` is set.
     """
 
     def __init__(self, run_path: Path, tensorboard: bool | None = None, wandb_project: str = "",
@@ -30,11 +41,7 @@ class MetricsLog:
         self.jsonl = self.path / "metrics.jsonl"
         if tensorboard is None:
             tensorboard = importlib.util.find_spec("tensorboard") is not None
-        self._tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.path / "tensorboard"))
+        self._tensorboard, self._tb = tensorboard, None
         self._wandb = None
         if wandb_project:
             try:
@@ -51,6 +58,10 @@ class MetricsLog:
         step = record.get("step")
         scalars = {k: v for k, v in record.items()
                    if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self._tensorboard and self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.path / "tensorboard"))
         if self._tb is not None:
             for key, value in scalars.items():
                 self._tb.add_scalar(key, value, global_step=step)
@@ -60,7 +71,7 @@ class MetricsLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
-            self._tb = None
+        self._tensorboard, self._tb = False, None
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
@@ -79,9 +90,8 @@ def write_csv(jsonl: Path, out: Path) -> None:
     A record without a key, or with null (a non-finite number), leaves the cell
     empty; nested values (dicts, lists) have no single cell and are left out.
     """
-    lines = jsonl.read_text(encoding="utf-8").splitlines() if jsonl.exists() else []
-    rows = [{k: v for k, v in json.loads(line).items() if not isinstance(v, (dict, list))}
-            for line in lines if line.strip()]
+    rows = [{k: v for k, v in record.items() if not isinstance(v, (dict, list))}
+            for record in RunDir(jsonl.parent).read_metrics()]
     columns = {"step": None}
     for row in rows:
         columns.update(dict.fromkeys(row))

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 
+IGNORE_INDEX = -100  # a target that does not count in the loss (the prompt, padding, a user's turn)
+
 
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
     if cfg.norm == "rmsnorm":
@@ -156,7 +158,7 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, cache=None, start=0, last=0):
         """Logits for `idx` (B, T); with targets, also the mean cross-entropy.
 
-        targets use -100 for positions that do not count. `cache` is a list of
+        targets use IGNORE_INDEX for positions that do not count. `cache` is a list of
         per-layer [k, v] lists filled as generation proceeds; `start` is the
         position of idx[:, 0]. `last` > 0 computes logits only for the last
         positions (evaluation and generation need no more).
@@ -179,7 +181,7 @@ class GPT(nn.Module):
             logits = cap * torch.tanh(logits / cap)
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
 
     def new_cache(self) -> list[list]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError, load_config, recipe_names, to_dict
 from .device import hardware
-from .rundir import _finite
+from .rundir import RunDir, _finite
 
 # Keys that name or describe a recipe rather than change what it trains.
 NOT_SETTINGS = {"recipe", "description"}
@@ -78,20 +78,11 @@ def load_run(path: str | Path) -> Run:
         config = load_config(str(path / "config.toml"))
     except ConfigError as e:
         raise ReportError(f"{path / 'config.toml'}: {e}") from None
-    return Run(path, config, summary, read_metrics(path / "metrics.jsonl"))
-
-
-def read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ReportError(f"{path} line {n} is not valid JSON: {e}") from None
-    return records
+    try:
+        records = RunDir(path).read_metrics()
+    except ValueError as e:
+        raise ReportError(str(e)) from None
+    return Run(path, config, summary, records)
 
 
 # Learning curves ----------------------------------------------------------------------------

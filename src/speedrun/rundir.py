@@ -22,6 +22,8 @@ from .config import Config, ConfigError, to_toml
 
 
 class RunDir:
+    """The only code that knows a run folder's file names and formats."""
+
     def __init__(self, path: Path):
         self.path = Path(path)
 
@@ -51,23 +53,65 @@ class RunDir:
     def checkpoint(self, name: str = "last") -> Path:
         return self.checkpoints / f"{name}.safetensors"
 
-    def truncate_metrics(self, step: int) -> None:
-        """Forget records past `step` (and any line cut short by a crash) before a resume
-        logs those steps again, so metrics.jsonl reads as one uninterrupted run."""
-        path = self.path / "metrics.jsonl"
-        if not path.exists():
-            return
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def read_metrics(self) -> list[dict]:
+        """The records of metrics.jsonl. A last line cut short by a crash is dropped; a bad
+        line anywhere else raises ValueError naming it."""
+        if not self.metrics_file.is_file():
+            return []
+        lines = [x for x in self.metrics_file.read_text(encoding="utf-8").splitlines() if x.strip()]
+        records = []
+        for n, line in enumerate(lines, 1):
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("step", 0) <= step:
-                kept.append(line)
-        tmp = path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
-        tmp.replace(path)
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                if n < len(lines):
+                    raise ValueError(f"{self.metrics_file} line {n} is not valid JSON: {e}") from None
+        return records
+
+    def truncate_metrics(self, step: int) -> None:
+        """Forget records past `step` (and a line cut short by a crash) before a resume
+        logs those steps again, so metrics.jsonl reads as one uninterrupted run."""
+        if not self.metrics_file.exists():
+            return
+        kept = [r for r in self.read_metrics() if r.get("step", 0) <= step]
+        tmp = self.path / ".metrics.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        tmp.replace(self.metrics_file)
+
+    def write_tokenizer(self, tokenizer) -> None:
+        (self.path / "tokenizer.json").write_text(tokenizer.to_json(), encoding="utf-8")
+
+    def append_sample(self, step: int, text: str, final: bool = False) -> None:
+        with open(self.path / "samples.txt", "a", encoding="utf-8") as f:
+            f.write(f"--- step {step}{' (final)' if final else ''} ---\n{text}\n")
+
+    def write_summary(self, summary: dict) -> None:
+        self.write_json("summary.json", summary)
+
+    def read_summary(self) -> dict:
+        return self.read_json("summary.json")
+
+    def save_checkpoint(self, name: str, model_state: dict, state: dict) -> None:
+        from .checkpoint import save_checkpoint
+
+        save_checkpoint(self.checkpoint(name), model_state, state)
+
+    def resume_config(self) -> Config:
+        """The config the run was started with, from its last checkpoint."""
+        from .config import config_from_dict
+
+        if not self.checkpoint("last").exists():
+            raise ConfigError(f"cannot resume {self.path}: it has no checkpoint (checkpoints/last.safetensors)")
+        return config_from_dict(self.load_checkpoint("last")[1]["config"])
+
+    def load_checkpoint(self, name: str = "last") -> tuple[dict, dict]:
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(self.checkpoint(name))
 
     def log(self, line: str) -> None:
         with open(self.path / "train.log", "a", encoding="utf-8") as f:
@@ -105,7 +149,6 @@ def git_commit() -> str | None:
 
 def load_run_model(run_dir: str, device: str = "cpu"):
     """(model, tokenizer, config, runtime) from a run directory's last checkpoint."""
-    from .checkpoint import load_checkpoint
     from .config import config_from_dict
     from .device import setup_runtime
     from .model import GPT
@@ -114,10 +157,18 @@ def load_run_model(run_dir: str, device: str = "cpu"):
     run = RunDir(Path(run_dir))
     if not run.path.is_dir():
         raise ConfigError(f"run directory {run_dir} does not exist; pass the folder `speedrun train` printed")
-    model_state, state = load_checkpoint(run.checkpoint("last"))
+    model_state, state = run.load_checkpoint("last")
     cfg = config_from_dict(state["config"])
     rt = setup_runtime(device, cfg.dtype, cfg.model.n_embd)
     model = GPT(cfg.model)
-    model.load_state_dict(model_state)
+    load_weights(model, model_state, f"the checkpoint of {run_dir}")
     model.to(rt.device).eval()
     return model, load_tokenizer(state["tokenizer"]), cfg, rt
+
+
+def load_weights(model, model_state: dict, what: str, fix: str = "") -> None:
+    """Load weights into a model, or a one-line error naming what did not match."""
+    try:
+        model.load_state_dict(model_state)
+    except RuntimeError as e:
+        raise ConfigError(f"{what} does not match the model in the config ({str(e).splitlines()[0]}){fix}") from None

@@ -22,10 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from ..config import AdditionData
+from ..config import AdditionData, Config
 from ..device import Runtime
-from ..model import evaluating, generate
+from ..model import IGNORE_INDEX, evaluating, generate
 from ..tokenizer import CharTokenizer
+from . import Task
 
 N = 1000
 PROMPT_LEN = 8  # "aaa+bbb="
@@ -64,10 +65,14 @@ def read_answer(digits: str, answer: str) -> int | None:
     return int(digits[::-1] if answer == "reversed" else digits)
 
 
-class AdditionTask:
+class AdditionTask(Task):
     name = "addition"
     tokenizer = TOKENIZER
     block_size = SEQ_LEN - 1
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "AdditionTask":
+        return cls(cfg.data, seed=cfg.train.seed)
 
     def __init__(self, cfg: AdditionData, seed: int):
         self.cfg = cfg
@@ -135,7 +140,7 @@ class AdditionTask:
         seq = self.tokens[ids]
         x, y = seq[:, :-1], seq[:, 1:].clone()
         if self.cfg.answer_loss_only:
-            y[:, : PROMPT_LEN - 1] = -100
+            y[:, : PROMPT_LEN - 1] = IGNORE_INDEX
         return x, y
 
     # --- evaluation ----------------------------------------------------
@@ -147,7 +152,7 @@ class AdditionTask:
                 x, y = self.inputs_targets(chunk)
                 with rt.autocast():
                     _, loss = model(x.to(rt.device), y.to(rt.device))
-                n = int((y != -100).sum())
+                n = int((y != IGNORE_INDEX).sum())
                 total, count = total + loss.item() * n, count + n
         return total / count
 

@@ -22,7 +22,7 @@ import math
 import numpy as np
 import torch
 
-from ..config import TextData
+from ..config import Config, TextData
 from ..data import (
     DataError,
     build_tokenizer,
@@ -34,6 +34,7 @@ from ..data import (
 from ..device import Runtime
 from ..model import evaluating, generate
 from ..tokenizer import load_tokenizer_file
+from . import Task
 
 
 def eval_windows(n_tokens: int, block_size: int) -> list[tuple[int, int]]:
@@ -51,8 +52,12 @@ def token_byte_lengths(tokenizer) -> torch.Tensor:
     return lengths
 
 
-class TextTask:
+class TextTask(Task):
     name = "text"
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "TextTask":
+        return cls(cfg.data, block_size=cfg.model.block_size, seed=cfg.train.seed)
 
     def __init__(self, cfg: TextData, block_size: int, seed: int, tokenizer=None):
         self.cfg, self.block_size, self.seed = cfg, block_size, seed
@@ -88,7 +93,10 @@ class TextTask:
         self._order_epoch, self._order = -1, None  # the shuffle of the current epoch
 
     # --- training data -------------------------------------------------
-    def steps_for_epochs(self, tokens_per_step: int) -> int:
+    def planned_steps(self, tokens_per_step: int) -> int | None:
+        """data.epochs > 0 asks for that many passes over the training tokens."""
+        if self.cfg.epochs <= 0:
+            return None
         return max(1, math.ceil(self.cfg.epochs * len(self.train_tokens) / tokens_per_step))
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,6 +155,9 @@ class TextTask:
                     total["tokens"] += y.numel()
                     total["bytes"] += nbytes.sum().item()
         return total
+
+    def full_evaluate(self, model, rt: Runtime) -> dict:
+        return self.full_eval(model, rt)
 
     def full_eval(self, model, rt: Runtime, split: str = "val") -> dict:
         """The whole split scored: {split}_loss, _perplexity, _bpb and _tokens."""
