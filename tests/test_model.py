@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -86,3 +88,60 @@ def test_greedy_is_argmax_and_top_k_restricts():
     # 0.5 needs the second as well to reach it
     assert {sample_next(logits, 1.0, top_p=0.4, generator=g).item() for _ in range(200)} == {1}
     assert {sample_next(logits, 1.0, top_p=0.5, generator=g).item() for _ in range(200)} == {1, 3}
+
+
+# --- components pinned against small hand-written references ----------------------------------
+
+def reference_attention(q, k, v):
+    """softmax(q k^T / sqrt(d) + causal mask) v, written out; the queries are the last T of S positions."""
+    T, S, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    scores = q @ k.transpose(-1, -2) / d ** 0.5
+    allowed = torch.ones(T, S).tril(S - T).bool()
+    return scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
+
+
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_attention_matches_reference_with_and_without_cache(kw):
+    from speedrun.model import apply_rotary
+    import torch.nn.functional as F
+
+    model = tiny(**kw)
+    attn, cfg = model.blocks[0].attn, model.cfg
+    x = torch.randn(2, 7, cfg.n_embd, generator=torch.Generator().manual_seed(1))
+    rotary = (model.rope_cos, model.rope_sin) if cfg.pos == "rope" else None
+    with torch.no_grad():
+        q, k, v = attn.qkv(x).view(2, 7, 3, attn.n_head, attn.head_dim).unbind(2)
+        if cfg.qk_norm:
+            q, k = F.rms_norm(q, (attn.head_dim,)), F.rms_norm(k, (attn.head_dim,))
+        if rotary:
+            cos, sin = rotary[0][:7, None], rotary[1][:7, None]
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        heads = reference_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        expected = attn.proj(heads.transpose(1, 2).reshape(2, 7, cfg.n_embd))
+        torch.testing.assert_close(attn(x, rotary, None, 0), expected, atol=1e-5, rtol=1e-5)
+        cache = []
+        first = attn(x[:, :4], rotary, cache, 0)  # a prefill of 4, then 3 more over the cache
+        rest = attn(x[:, 4:], rotary, cache, 4)
+        torch.testing.assert_close(torch.cat((first, rest), 1), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(attn(x, rotary, [], 0, keep=2), expected[:, -2:], atol=1e-5, rtol=1e-5)
+
+
+def test_rotary_is_a_rotation_of_each_pair_by_position_times_frequency():
+    from speedrun.model import apply_rotary, rotary_tables
+
+    d, T = 8, 5
+    cos, sin = rotary_tables(d, T)
+    x = torch.randn(T, d, generator=torch.Generator().manual_seed(2))
+    out = apply_rotary(x, cos, sin)
+    half = d // 2
+    for t in range(T):
+        for i in range(half):  # pair (i, i + d/2) rotated by angle t / 10000^(2i/d)
+            angle = t / 10000 ** (2 * i / d)
+            pair = torch.complex(x[t, i], x[t, i + half]) * complex(math.cos(angle), math.sin(angle))
+            assert out[t, i].item() == pytest.approx(pair.real.item(), abs=1e-5)
+            assert out[t, i + half].item() == pytest.approx(pair.imag.item(), abs=1e-5)
+    # rotations keep lengths, and the score of two rotated vectors depends only on their distance
+    torch.testing.assert_close(out.norm(dim=-1), x.norm(dim=-1))
+    q, k = torch.randn(d), torch.randn(d)
+    qs, ks = apply_rotary(q.expand(T, d), cos, sin), apply_rotary(k.expand(T, d), cos, sin)
+    assert (qs[3] @ ks[1]).item() == pytest.approx((qs[4] @ ks[2]).item(), abs=1e-5)
