@@ -431,7 +431,7 @@ def export_run(run_dir, out, to: str = "hf") -> dict:
     _write_json(out / META_FILE, {"format": FORMAT, "to": to, "architecture": arch, "config": to_dict(cfg),
                                   "tokenizer": json.loads(tok.to_json())})
     run = RunDir(Path(run_dir))
-    summary = run.read_json("summary.json") if (run.path / "summary.json").is_file() else {}
+    summary = run.read_summary() if (run.path / "summary.json").is_file() else {}
     result = {"out": str(out), "architecture": "GGUF gpt2" if to == "gguf" else HF_CLASSES[arch],
               "max_logit_diff": max_logit_diff(model, out, to)}
     (out / "README.md").write_text(model_card(cfg, summary, result, to), encoding="utf-8")
