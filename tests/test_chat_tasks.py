@@ -79,7 +79,7 @@ def test_identity_holds_out_whole_questions():
     nor the underlying question with another greeting."""
     base = identity_base_splits()
     held = {split: {q for q, s in base.items() if s == split} for split in ("val", "test")}
-    assert len(held["test"]) == len(held["val"]) == 3  # one question of each kind
+    assert len(held["test"]) == len(held["val"]) == 3 * 2  # two questions of each kind
     for split in ("val", "test"):
         asked = make_items("identity", split, 300, 0)
         others = [i for other in ("train", "val", "test") if other != split

@@ -204,18 +204,25 @@ class Counting(WordTask):
     count is carried along in the text instead of in the model's head."""
 
     name = "counting"
-    absent_probability = 0.2  # the letter asked about is not in the word
+    # the answer is 0, 1, or 2 and more, a third of the time each: with letters drawn
+    # from the word, "1" alone would be right more than half the time
+    answer_kinds = ("absent", "once", "repeated")
     phrasings = ("How many times does the letter {c} appear in {w}?", "How many {c}'s are in '{w}'?",
                  "Count the letter {c} in {w}.", "How many times is {c} in {w}?",
                  "In the word {w}, how many times does {c} occur?", "how many {c} in {w}",
                  "Count how many times '{c}' appears in \"{w}\".")
 
+    def letters(self, word: str, kind: str) -> list[str]:
+        """The letters of a kind for this word: absent from it, in it once, or in it more often."""
+        if kind == "absent":
+            return [c for c in string.ascii_lowercase if c not in word]
+        return sorted({c for c in word if (word.count(c) == 1) == (kind == "once")})
+
     def sample(self, split: str, rng: random.Random) -> TaskItem:
-        word = self.word(split, rng)
-        if rng.random() < self.absent_probability:
-            letter = rng.choice([c for c in string.ascii_lowercase if c not in word])
-        else:
-            letter = rng.choice(word)
+        kind = rng.choice(self.answer_kinds)
+        while not (choices := self.letters(word := self.word(split, rng), kind)):
+            pass  # a word without a repeated letter: draw another
+        letter = rng.choice(choices)
         spelled, count = [], 0
         for c in word:
             count += c == letter
@@ -249,14 +256,21 @@ class Reversing(WordTask):
 # ---------------------------------------------------------------- identity
 
 IDENTITY_GREETINGS = ("", "Hi! ", "Hello! ", "Hey! ", "Hi there! ", "Hello there. ", "Good morning! ", "Excuse me. ")
-IDENTITY_QUESTIONS = {
+IDENTITY_QUESTIONS = {  # many underlying questions per kind, so a held-out one is learnable from the others
     "name": ("What is your name?", "What's your name?", "Who are you?", "What should I call you?",
-             "Do you have a name?", "Tell me your name."),
+             "Do you have a name?", "Tell me your name.", "What do people call you?", "What name do you go by?",
+             "May I ask your name?", "What are you called?", "How should I address you?",
+             "Can you tell me your name?", "What do I call you?", "Say your name."),
     "creator": ("Who made you?", "Who created you?", "Who built you?", "Who trained you?",
-                "Who are your developers?", "Where do you come from?"),
+                "Who are your developers?", "Where do you come from?", "Who developed you?", "Who wrote you?",
+                "Who is your creator?", "Who designed you?", "Who programmed you?", "Which team made you?",
+                "Who is behind you?", "Who are your makers?"),
     "what": ("What are you?", "Tell me about yourself.", "Are you a human?", "What kind of model are you?",
-             "Introduce yourself.", "Are you ChatGPT?"),
+             "Introduce yourself.", "Are you ChatGPT?", "Describe yourself.", "Are you a person?",
+             "What sort of thing are you?", "Are you a robot?", "Are you an AI?", "What exactly are you?",
+             "Are you a real person?", "Explain what you are."),
 }
+IDENTITY_HELD_OUT = {"test": 2, "val": 2}  # underlying questions per kind held out of training
 
 
 def normalise(question: str) -> str:
@@ -266,13 +280,14 @@ def normalise(question: str) -> str:
 
 @lru_cache(maxsize=1)
 def identity_base_splits() -> dict[str, str]:
-    """The split of each underlying question: within each kind, the question whose
-    normalised text hashes lowest is test, the next val, the other four train, so
-    every kind is asked in every split."""
+    """The split of each underlying question: within each kind, the questions whose
+    normalised text hashes lowest are test, the next val, the rest train, so every
+    kind is asked in every split."""
+    test, val = IDENTITY_HELD_OUT["test"], IDENTITY_HELD_OUT["test"] + IDENTITY_HELD_OUT["val"]
     splits = {}
     for questions in IDENTITY_QUESTIONS.values():
         ranked = sorted(questions, key=lambda q: _hash_fraction(normalise(q)))
-        splits.update({q: "test" if i == 0 else "val" if i == 1 else "train" for i, q in enumerate(ranked)})
+        splits.update({q: "test" if i < test else "val" if i < val else "train" for i, q in enumerate(ranked)})
     return splits
 
 
