@@ -137,9 +137,12 @@ def claim_for(cfg: Config, target: float | None = None) -> Claim:
 
 def claim_overrides(cfg: Config, claim: Claim) -> list[str]:
     """Overrides that make each run time the claim's target: a loss target becomes
-    train.target_val_loss, so the trainer records time_to_target (on val)."""
+    train.target_val_loss, so the trainer records time_to_target (on val). Verify
+    only watches: a target it sets does not stop the run, so each seed trains for
+    the recipe's whole schedule and its final test loss is the recipe's, not that
+    of a run cut short where val first touched the target."""
     if claim.kind == "loss" and cfg.train.target_val_loss != claim.target:
-        return [f"train.target_val_loss={claim.target!r}"]
+        return [f"train.target_val_loss={claim.target!r}", "train.stop_at_target=false"]
     return []
 
 
