@@ -11,6 +11,7 @@ from speedrun.verify import (
     binomial_tail,
     build_record,
     claim_for,
+    claim_overrides,
     config_hash,
     finished_summary,
     format_record,
@@ -148,6 +149,17 @@ def test_claims_of_the_recipes():
         claim_for(load_config("nanogpt-cpu"))
     with pytest.raises(ConfigError, match=r"give a value in \(0, 1\]"):
         claim_for(load_config("addition"), 2.0)
+
+
+def test_a_target_verify_sets_times_the_run_without_stopping_it():
+    """The claim is about the recipe's final test loss, so its runs keep their whole schedule."""
+    cfg = load_config("shakespeare-char")
+    overrides = claim_overrides(cfg, claim_for(cfg, 1.8857))
+    assert overrides == ["train.target_val_loss=1.8857", "train.stop_at_target=false"]
+    assert not load_config("shakespeare-char", overrides).train.stop_at_target
+    own = load_config("shakespeare-char", ["train.target_val_loss=1.9"])  # the recipe's own target: left alone
+    assert claim_overrides(own, claim_for(own)) == []
+    assert claim_overrides(load_config("addition"), EXACT) == []
 
 
 def test_config_hash_ignores_only_the_seed():
