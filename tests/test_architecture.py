@@ -13,12 +13,12 @@ PACKAGE = Path(speedrun.__file__).parent
 
 # lowest first; a name ending in "." is a package prefix
 LAYERS = [
-    ("foundation", ["config", "device", "clock", "checkpoint", "tokenizer", "data", "flops", "distributed",
-                    "model", "optim", "progress", "rundir", "metrics_log", "compilation", "step"]),
+    ("foundation", ["config", "device", "clock", "checkpoint", "tokenizer", "sources", "data", "flops",
+                    "distributed", "model", "optim", "progress", "rundir", "metrics_log", "compilation", "step"]),
     ("tasks and conversations", ["tasks", "tasks.", "chat", "chat.template", "chat.conversations",
                                  "chat.calculator", "chat.engine", "chat.evaluate", "chat.corpus"]),
     ("trainer", ["trainer"]),
-    ("apps", ["apps", "apps.", "report", "verify", "export", "cli", "__main__", "__init__"]),
+    ("apps", ["apps", "apps.", "report", "verify", "export", "export.", "cli", "__main__", "__init__"]),
 ]
 
 
