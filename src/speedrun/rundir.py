@@ -8,6 +8,8 @@
     tokenizer.json    the tokenizer, to reload with the checkpoint
     checkpoints/      last.safetensors, and best.safetensors (lowest val_loss) for text runs
     summary.json      the outcome: time, steps, parameters, metrics
+
+A chat pipeline's folder holds two runs and the stages' files around them (`ChatRunDir`).
 """
 
 from __future__ import annotations
@@ -43,8 +45,12 @@ class RunDir:
                                   f"directory or use --resume {out} to continue that run")
         path.mkdir(parents=True, exist_ok=True)
         run = cls(path)
-        (path / "config.toml").write_text(to_toml(cfg), encoding="utf-8")
+        run.config_file.write_text(to_toml(cfg), encoding="utf-8")
         return run
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.toml"
 
     @property
     def checkpoints(self) -> Path:
@@ -89,11 +95,23 @@ class RunDir:
         with open(self.path / "samples.txt", "a", encoding="utf-8") as f:
             f.write(f"--- step {step}{' (final)' if final else ''} ---\n{text}\n")
 
+    @property
+    def summary_file(self) -> Path:
+        return self.path / "summary.json"
+
+    def has_summary(self) -> bool:
+        """Whether the run finished: the trainer writes summary.json last."""
+        return self.summary_file.is_file()
+
     def write_summary(self, summary: dict) -> None:
-        self.write_json("summary.json", summary)
+        write_json(self.summary_file, summary)
 
     def read_summary(self) -> dict:
-        return self.read_json("summary.json")
+        """summary.json; a file that is not JSON raises json.JSONDecodeError."""
+        return read_json(self.summary_file)
+
+    def has_checkpoint(self, name: str = "last") -> bool:
+        return self.checkpoint(name).is_file()
 
     def save_checkpoint(self, name: str, model_state: dict, state: dict) -> None:
         from .checkpoint import save_checkpoint
@@ -118,12 +136,106 @@ class RunDir:
             f.write(line + "\n")
 
     def write_json(self, name: str, data: dict) -> None:
-        tmp = self.path / f".{name}.tmp"
-        tmp.write_text(json.dumps(_finite(data), indent=2) + "\n", encoding="utf-8")
-        tmp.replace(self.path / name)
+        write_json(self.path / name, data)
 
     def read_json(self, name: str) -> dict:
-        return json.loads((self.path / name).read_text(encoding="utf-8"))
+        return read_json(self.path / name)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write through a temporary file, so a crash leaves the old file or the new one,
+    never half of one; NaN and infinity are written as null."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_finite(data), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class ChatRunDir:
+    """A chat pipeline's folder: the only code that knows its layout.
+
+        corpus.jsonl      the pretraining documents, one {"text": ...} per line
+        tokenizer/        tokenizer.json (BPE with the chat tokens) and stats.json
+        base/             the pretraining run (a run directory)
+        eval_base.json    task accuracy of the base model, before fine-tuning
+        sft/              the fine-tuning run (a run directory)
+        eval_sft.json     task accuracy after fine-tuning
+        report.md         every stage's figures, tables and plots
+        pipeline.json     the settings and each finished stage's figures
+    """
+
+    BASE, SFT = "base", "sft"  # the two training stages, in the order they run, and their folders
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / "pipeline.json"
+
+    def is_pipeline(self) -> bool:
+        return self.state_file.is_file()
+
+    def read_state(self) -> dict | None:
+        return _read_if_present(self.state_file)
+
+    def write_state(self, state: dict) -> None:
+        write_json(self.state_file, state)
+
+    @property
+    def corpus_file(self) -> Path:
+        return self.path / "corpus.jsonl"
+
+    def write_corpus(self, docs: list[str]) -> None:
+        with open(self.corpus_file, "w", encoding="utf-8") as f:
+            for doc in docs:
+                f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.path / "tokenizer" / "tokenizer.json"
+
+    def write_tokenizer(self, tokenizer, stats: dict) -> None:
+        self.tokenizer_file.parent.mkdir(parents=True, exist_ok=True)
+        self.tokenizer_file.write_text(tokenizer.to_json(), encoding="utf-8")
+        write_json(self.tokenizer_file.with_name("stats.json"), stats)
+
+    def read_tokenizer_stats(self) -> dict | None:
+        return _read_if_present(self.tokenizer_file.with_name("stats.json"))
+
+    def run(self, stage: str) -> RunDir:
+        """The run directory of a training stage (BASE or SFT)."""
+        return RunDir(self.path / stage)
+
+    def finished_runs(self) -> list[RunDir]:
+        """The training stages that have finished (written their summary), in the order they ran."""
+        return [self.run(stage) for stage in (self.BASE, self.SFT) if self.run(stage).has_summary()]
+
+    def trained_run(self) -> RunDir | None:
+        """The run to talk with: the fine-tuned model, or the base model if fine-tuning has
+        not written a checkpoint yet; None if neither has."""
+        return next((self.run(stage) for stage in (self.SFT, self.BASE) if self.run(stage).has_checkpoint()), None)
+
+    def eval_file(self, stage: str) -> Path:
+        return self.path / f"eval_{stage}.json"
+
+    def write_eval(self, stage: str, result: dict) -> None:
+        write_json(self.eval_file(stage), result)
+
+    def read_eval(self, stage: str) -> dict | None:
+        return _read_if_present(self.eval_file(stage))
+
+    @property
+    def report_file(self) -> Path:
+        return self.path / "report.md"
+
+
+def _read_if_present(path: Path) -> dict | None:
+    """A pipeline file of a stage that may not have run yet: None until it has."""
+    return read_json(path) if path.is_file() else None
 
 
 def _finite(obj):
