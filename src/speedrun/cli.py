@@ -142,8 +142,9 @@ def cmd_chat_pipeline(args) -> int:
 
 def cmd_report(args) -> int:
     from .report import write_report
+    from .rundir import ChatRunDir
 
-    if len(args.run_dirs) == 1 and (Path(args.run_dirs[0]) / "pipeline.json").is_file():
+    if len(args.run_dirs) == 1 and ChatRunDir(args.run_dirs[0]).is_pipeline():
         from .apps.chat_report import write_chat_report
 
         print(f"wrote {write_chat_report(args.run_dirs[0])}")
@@ -217,6 +218,8 @@ def cmd_export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .apps.chat_pipeline import STAGES
+
     p = argparse.ArgumentParser(prog="speedrun", description="Train small GPTs from scratch, fast.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -271,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "to continue, finished stages are skipped")
     c.add_argument("--data", help="pretraining corpus: a file, folder, glob, .jsonl, .parquet or hf:NAME "
                                   "(default: Python's own documentation)")
-    c.add_argument("--stage", action="append", choices=["tokenizer", "base", "eval_base", "sft", "eval_sft", "report"],
+    c.add_argument("--stage", action="append", choices=STAGES,
                    help="run only this stage (repeatable)")
     c.add_argument("--force", action="store_true", help="run the chosen stages again even if finished")
     c.add_argument("--quiet", action="store_true", help="no progress bars")

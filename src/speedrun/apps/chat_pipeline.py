@@ -1,15 +1,14 @@
 """The chat pipeline: corpus -> tokenizer -> base model -> fine-tuned chat model, with a report.
 
-Stages run in order, each writing into one folder:
+Stages run in order, each writing into one folder (`rundir.ChatRunDir` knows its layout):
 
-    corpus.jsonl         the pretraining documents (the default corpus, or --data's), exact duplicates dropped
-    tokenizer/           tokenizer.json (BPE with the chat tokens) and stats.json
-    base/                the pretraining run (a normal run directory)
-    eval_base.json       task accuracy of the base model (few-shot, plain text), before fine-tuning
-    sft/                 the fine-tuning run on the task mixture and the user's conversations
-    eval_sft.json        task accuracy after fine-tuning
-    report.md            every stage's figures, tables and plots
-    pipeline.json        the settings and each finished stage's time
+    tokenizer    the pretraining corpus (the default one, or --data's), exact duplicates dropped, and a
+                 BPE tokenizer with the chat tokens trained on it
+    base         pretraining (a normal run directory)
+    eval_base    task accuracy of the base model (few-shot, plain text), before fine-tuning
+    sft          fine-tuning on the task mixture and the user's conversations
+    eval_sft     task accuracy after fine-tuning
+    report       every stage's figures, tables and plots
 
 A stage recorded as finished in pipeline.json is skipped when the command is
 run again, so an interrupted pipeline picks up where it stopped (a training
@@ -21,16 +20,16 @@ stage resumes from its last checkpoint). Overrides go to the pipeline
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from ..config import Config, ConfigError, build_section, load_config, parse_override
-from ..rundir import RunDir
+from ..rundir import ChatRunDir, RunDir
 
-STAGES = ("tokenizer", "base", "eval_base", "sft", "eval_sft", "report")
+BASE, SFT = ChatRunDir.BASE, ChatRunDir.SFT
+STAGES = ("tokenizer", BASE, f"eval_{BASE}", SFT, f"eval_{SFT}", "report")  # each is a method stage_<name>
 
 
 @dataclass
@@ -56,8 +55,8 @@ def parse_pipeline_overrides(overrides: list[str]) -> tuple[PipelineConfig, list
     table, base, sft = {}, [], []
     for text in overrides:
         path, value = parse_override(text)
-        if path[0] in ("base", "sft") and len(path) > 1:
-            (base if path[0] == "base" else sft).append(text.split(".", 1)[1])
+        if path[0] in (BASE, SFT) and len(path) > 1:
+            (base if path[0] == BASE else sft).append(text.split(".", 1)[1])
         elif len(path) == 1:
             table[path[0]] = value
         else:
@@ -93,10 +92,9 @@ def replace_dotted(obj, path: list[str], value):
 class Pipeline:
     def __init__(self, out: str | Path, cfg: PipelineConfig, base_overrides: list[str] = (),
                  sft_overrides: list[str] = (), progress: bool = True):
-        self.out, self.cfg, self.progress = Path(out), cfg, progress
+        self.folder, self.cfg, self.progress = ChatRunDir(out), cfg, progress
         self.base_overrides, self.sft_overrides = list(base_overrides), list(sft_overrides)
-        self.state_path = self.out / "pipeline.json"
-        self.state = json.loads(self.state_path.read_text()) if self.state_path.is_file() else {"stages": {}}
+        self.state = self.folder.read_state() or {"stages": {}}
         # the stage configs are checked before any work starts, so a typo fails in a second
         self.sft_config()  # (which builds the base stage's config too)
 
@@ -107,14 +105,14 @@ class Pipeline:
     def record(self, stage: str, seconds: float, **figures) -> None:
         self.state["stages"][stage] = {"seconds": seconds, **figures}
         self.state["config"] = asdict(self.cfg)
-        self.state["overrides"] = {"base": self.base_overrides, "sft": self.sft_overrides}
-        RunDir(self.out).write_json(self.state_path.name, self.state)
+        self.state["overrides"] = {BASE: self.base_overrides, SFT: self.sft_overrides}
+        self.folder.write_state(self.state)
 
     def say(self, line: str) -> None:
         print(line, flush=True)
 
     def run(self, stages: tuple[str, ...] = STAGES, force: bool = False) -> dict:
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.folder.path.mkdir(parents=True, exist_ok=True)
         for stage in STAGES:
             if stage not in stages:
                 continue
@@ -132,23 +130,19 @@ class Pipeline:
     # --- stage configs --------------------------------------------------
     @property
     def tokenizer_file(self) -> Path:
-        return self.out / "tokenizer" / "tokenizer.json"
-
-    @property
-    def corpus_file(self) -> Path:
-        return self.out / "corpus.jsonl"
+        return self.folder.tokenizer_file
 
     def base_config(self) -> Config:
         c = self.cfg
-        return stage_config("base", c.base_recipe, self.base_overrides, {
-            "data.source": str(self.corpus_file), "data.tokenizer_file": str(self.tokenizer_file),
+        return stage_config(BASE, c.base_recipe, self.base_overrides, {
+            "data.source": str(self.folder.corpus_file), "data.tokenizer_file": str(self.tokenizer_file),
             "data.val_fraction": c.val_fraction, "train.seed": c.seed, "device": c.device})
 
     def sft_config(self) -> Config:
         c = self.cfg
-        cfg = stage_config("sft", c.sft_recipe, self.sft_overrides, {
+        cfg = stage_config(SFT, c.sft_recipe, self.sft_overrides, {
             "data.tokenizer_file": str(self.tokenizer_file), "train.seed": c.seed,
-            "train.init_from": str(self.out / "base"), "device": c.device,
+            "train.init_from": str(self.folder.run(BASE).path), "device": c.device,
             "data.identity_name": c.identity_name, "data.identity_creator": c.identity_creator,
             "data.identity_description": c.identity_description}, fixed=("model.",))
         return dataclasses.replace(cfg, model=self.base_config().model)  # fine-tuning continues the base model
@@ -163,20 +157,16 @@ class Pipeline:
         loaded = load_documents(c.corpus, c.text_field) if c.corpus else python_docs()
         # an exact copy on both sides of the split would score the base model on text it trained on
         docs = unique_documents(loaded)
-        with open(self.corpus_file, "w", encoding="utf-8") as f:
-            for doc in docs:
-                f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
+        self.folder.write_corpus(docs)
         train_docs, val_docs, _ = split_documents(docs, c.val_fraction, self.base_config().data.split_seed)
         tok = train_chat_tokenizer(train_docs, c.vocab_size, progress=self.progress)
-        self.tokenizer_file.parent.mkdir(parents=True, exist_ok=True)
-        self.tokenizer_file.write_text(tok.to_json(), encoding="utf-8")
         val_bytes = sum(len(d.encode()) for d in val_docs)
         val_tokens = sum(len(tok.encode(d)) for d in val_docs)
         stats = {"vocab_size": tok.vocab_size, "documents": len(docs), "duplicates_dropped": len(loaded) - len(docs),
                  "corpus": c.corpus or "Python's documentation (pydoc topics and standard-library docstrings)",
                  "corpus_bytes": sum(len(d.encode()) for d in docs),
                  "val_bytes_per_token": val_bytes / max(val_tokens, 1)}
-        RunDir(self.tokenizer_file.parent).write_json("stats.json", stats)
+        self.folder.write_tokenizer(tok, stats)
         self.say(f"[tokenizer] {tok.vocab_size} tokens, {stats['val_bytes_per_token']:.2f} bytes/token "
                  "on held-out text")
         return {"val_bytes_per_token": stats["val_bytes_per_token"]}
@@ -185,8 +175,8 @@ class Pipeline:
         from ..device import setup_runtime
         from ..trainer import train
 
-        run = RunDir(self.out / name)
-        resume = run.checkpoint("last").is_file()
+        run = self.folder.run(name)
+        resume = run.has_checkpoint()
         if not resume:
             if run.path.exists():
                 import shutil
@@ -201,10 +191,10 @@ class Pipeline:
                 **{k: summary["metrics"][k] for k in keep if k in summary["metrics"]}}
 
     def stage_base(self) -> dict:
-        return self.train_stage("base", self.base_config())
+        return self.train_stage(BASE, self.base_config())
 
     def stage_sft(self) -> dict:
-        return self.train_stage("sft", self.sft_config())
+        return self.train_stage(SFT, self.sft_config())
 
     def evaluate(self, stage: str) -> dict:
         """The held-out questions: the base model few-shot in plain text (it never saw the
@@ -215,24 +205,24 @@ class Pipeline:
 
         c, sft = self.cfg, self.sft_config().data
         tasks, identity = list(task_weights(sft)), identity_options(sft)
-        engine = load_engine(self.out / stage, c.device)
+        engine = load_engine(self.folder.run(stage).path, c.device)
         items = eval_items(tasks, c.eval_items, c.seed, identity)
-        shots = eval_items(tasks, c.few_shot, c.seed, identity, split="train") if stage == "base" else None
+        shots = eval_items(tasks, c.few_shot, c.seed, identity, split="train") if stage == BASE else None
         result = evaluate_tasks(engine, items, c.max_new_tokens, self.progress, shots=shots)
-        RunDir(self.out).write_json(f"eval_{stage}.json", result)
+        self.folder.write_eval(stage, result)
         table = ", ".join(f"{k} {v['accuracy']:.0%}" for k, v in result["tasks"].items())
         self.say(f"[eval_{stage}] {table}; score {result['score']:.3f}")
         return {"score": result["score"], **{k: v["accuracy"] for k, v in result["tasks"].items()}}
 
     def stage_eval_base(self) -> dict:
-        return self.evaluate("base")
+        return self.evaluate(BASE)
 
     def stage_eval_sft(self) -> dict:
-        return self.evaluate("sft")
+        return self.evaluate(SFT)
 
     def stage_report(self) -> dict:
         from .chat_report import write_chat_report
 
-        path = write_chat_report(self.out, self.state)
+        path = write_chat_report(self.folder.path, self.state)
         self.say(f"[report] wrote {path}")
         return {}

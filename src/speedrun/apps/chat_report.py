@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
 
 from ..report import load_run, plot_learning_curves, summary_table
-from ..rundir import git_commit
-
-
-def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+from ..rundir import ChatRunDir, git_commit
 
 
 def row_label(row: str) -> str:
@@ -80,12 +75,13 @@ def examples(result: dict) -> list[str]:
 
 
 def write_chat_report(out: str | Path, state: dict | None = None) -> Path:
-    out = Path(out)
-    state = state or _read(out / "pipeline.json") or {"stages": {}}
+    folder = ChatRunDir(out)
+    out = folder.path
+    state = state or folder.read_state() or {"stages": {}}
     stages = state["stages"]
-    runs = [load_run(out / name) for name in ("base", "sft") if (out / name / "summary.json").is_file()]
-    tok = _read(out / "tokenizer" / "stats.json")
-    before, after = _read(out / "eval_base.json"), _read(out / "eval_sft.json")
+    runs = [load_run(run.path) for run in folder.finished_runs()]
+    tok = folder.read_tokenizer_stats()
+    before, after = folder.read_eval(ChatRunDir.BASE), folder.read_eval(ChatRunDir.SFT)
     summary = runs[0].summary if runs else {}
     lines = ["# Chat pipeline report", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from `{out}`.", "", "## Environment", "",
@@ -120,6 +116,5 @@ def write_chat_report(out: str | Path, state: dict | None = None) -> Path:
                   "no-tool rows).", "", task_table(before, after), "", "![task accuracy](task_accuracy.png)", ""]
         if after:
             lines += ["Examples after fine-tuning:", "", *examples(after), ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    folder.report_file.write_text("\n".join(lines), encoding="utf-8")
+    return folder.report_file

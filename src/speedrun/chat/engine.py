@@ -17,7 +17,7 @@ import torch
 
 from ..config import ConfigError
 from ..model import sample_next
-from ..rundir import RunDir, load_run_model
+from ..rundir import ChatRunDir, RunDir, load_run_model
 from .calculator import CalculatorError, evaluate
 from .template import (
     OUTPUT_END,
@@ -147,10 +147,10 @@ def chat_run_dir(path) -> Path:
     """The run to chat with: a run directory, or a chat pipeline's folder (its
     fine-tuned model, or the base model if fine-tuning has not finished)."""
     path = Path(path)
-    for stage in ("sft", "base"):
-        if RunDir(path / stage).checkpoint("last").is_file():
-            return path / stage
-    if not RunDir(path).checkpoint("last").is_file():
+    trained = ChatRunDir(path).trained_run()
+    if trained is not None:
+        return trained.path
+    if not RunDir(path).has_checkpoint():
         raise ConfigError(f"{path} holds no trained model (checkpoints/last.safetensors); pass a chat "
                           "pipeline's --out folder or a run directory")
     return path
