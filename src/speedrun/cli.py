@@ -12,6 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from .chat.engine import CHAT_TEMPERATURE, CHAT_TOP_K
 from .chat.template import TemplateError
 from .checkpoint import CheckpointError
 from .config import (
@@ -292,8 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("run_dir", help="a chat pipeline's folder, a run directory or a `speedrun export` folder")
     ch.add_argument("-p", "--prompt", help="answer this one message and exit")
     ch.add_argument("--system", help="a system message that opens the conversation")
-    ch.add_argument("--temperature", type=float, default=0.6, help="0 is greedy argmax")
-    ch.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens; 0: all")
+    ch.add_argument("--temperature", type=float, default=CHAT_TEMPERATURE, help="0 is greedy argmax")
+    ch.add_argument("--top-k", type=int, default=CHAT_TOP_K, help="sample among the k likeliest tokens; 0: all")
     ch.add_argument("--max-new-tokens", type=int, default=256, help="at most this many tokens per answer")
     ch.add_argument("--seed", type=int, help="make the sampled answers repeatable")
     ch.add_argument("--device", default="auto")

@@ -115,6 +115,12 @@ class TextData:
     top_p: float = 1.0
 
 
+# Who a chat model says it is, unless a recipe or the chat pipeline says otherwise.
+IDENTITY_NAME = "speedrun"
+IDENTITY_CREATOR = "the speedrun developers"
+IDENTITY_DESCRIPTION = "a small language model trained from scratch with speedrun"
+
+
 @dataclass
 class ChatData:
     tokenizer_file: str = ""  # the chat pipeline's tokenizer (with the chat special tokens)
@@ -131,9 +137,9 @@ class ChatData:
     counting: float = 1.0
     reversing: float = 0.5
     identity: float = 0.2
-    identity_name: str = "speedrun"
-    identity_creator: str = "the speedrun developers"
-    identity_description: str = "a small language model trained from scratch with speedrun"
+    identity_name: str = IDENTITY_NAME
+    identity_creator: str = IDENTITY_CREATOR
+    identity_description: str = IDENTITY_DESCRIPTION
 
 
 @dataclass

@@ -25,7 +25,16 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, ConfigError, build_section, load_config, parse_override
+from ..config import (
+    IDENTITY_CREATOR,
+    IDENTITY_DESCRIPTION,
+    IDENTITY_NAME,
+    Config,
+    ConfigError,
+    build_section,
+    load_config,
+    parse_override,
+)
 from ..rundir import ChatRunDir, RunDir
 
 BASE, SFT = ChatRunDir.BASE, ChatRunDir.SFT
@@ -45,9 +54,9 @@ class PipelineConfig:
     max_new_tokens: int = 64
     seed: int = 1337
     device: str = "auto"
-    identity_name: str = "speedrun"
-    identity_creator: str = "the speedrun developers"
-    identity_description: str = "a small language model trained from scratch with speedrun"
+    identity_name: str = IDENTITY_NAME
+    identity_creator: str = IDENTITY_CREATOR
+    identity_description: str = IDENTITY_DESCRIPTION
 
 
 def parse_pipeline_overrides(overrides: list[str]) -> tuple[PipelineConfig, list[str], list[str]]:

@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 
-from ..chat.engine import Engine, PromptTooLong
+from ..chat.engine import CHAT_TEMPERATURE, CHAT_TOP_K, Engine, PromptTooLong
 from ..chat.template import TemplateError
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -47,8 +47,8 @@ class Message(BaseModel):
 
 class ChatRequest(BaseModel):
     messages: list[Message] = Field(min_length=1)
-    temperature: float = Field(0.6, ge=0, le=2)
-    top_k: int = Field(50, ge=0)
+    temperature: float = Field(CHAT_TEMPERATURE, ge=0, le=2)
+    top_k: int = Field(CHAT_TOP_K, ge=0)
     max_new_tokens: int | None = Field(None, ge=1)  # None: the server's limit
 
 

@@ -28,6 +28,12 @@ from .template import (
     parts,
 )
 
+# How a chat model samples when someone talks with it (the terminal chat, the server,
+# an export's generation_config), as nanochat's chat does; evaluation stays greedy
+# (the stream's own defaults), so its scores repeat.
+CHAT_TEMPERATURE = 0.6
+CHAT_TOP_K = 50
+
 
 class PromptTooLong(ValueError):
     """The conversation leaves no room for an answer in the model's context."""
