@@ -1,0 +1,13 @@
+"""Export a trained model to formats other tools load: a transformers folder, or GGUF.
+
+    mapping   which transformers class computes what our model computes, and where each tensor goes
+    to_hf     `--to hf`: the transformers folder (safetensors, config, tokenizer, chat template)
+    to_gguf   `--to gguf`: llama.cpp's GGUF file, for GPT-2 style models
+    folder    `speedrun export` itself: writes the folder, checks its logits, and loads one back
+"""
+
+from .folder import PARITY_TOLERANCE, export_run, is_export, load_export, load_model, read_export
+from .mapping import hf_architecture
+
+__all__ = ["PARITY_TOLERANCE", "export_run", "hf_architecture", "is_export", "load_export", "load_model",
+           "read_export"]

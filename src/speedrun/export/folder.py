@@ -1,0 +1,156 @@
+"""The export folder: `speedrun export` writes one, checks it against our model, and
+loads one back. Every export folder holds `speedrun.json` (the run's config and
+tokenizer) beside the format's own files, so speedrun loads it back into its own
+model (`speedrun sample OUT`, `speedrun chat OUT`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..config import Config, ConfigError, config_from_dict, to_dict
+from ..device import setup_runtime
+from ..model import GPT
+from ..rundir import RunDir, load_run_model
+from ..tokenizer import load_tokenizer
+from .mapping import HF_CLASSES, hf_architecture, import_tensors, tensor_entries
+from .to_gguf import gguf_check, read_gguf, write_gguf
+from .to_hf import write_hf, write_json
+
+FORMAT = "speedrun-export-1"
+META_FILE = "speedrun.json"
+PARITY_TOLERANCE = 1e-4
+
+
+def export_run(run_dir, out, to: str = "hf") -> dict:
+    """Export a run directory's last checkpoint to the new folder `out`; returns
+    what was written and, when transformers is installed, the largest difference
+    between its logits and ours (`max_logit_diff`, on random ids of a full block)."""
+    model, tok, cfg, _ = load_run_model(str(run_dir), "cpu")
+    if to == "hf":
+        arch = hf_architecture(cfg.model)
+    elif to == "gguf":
+        gguf_check(cfg.model, tok)
+        arch = "gguf-gpt2"
+    else:
+        raise ConfigError(f"unknown export format {to!r}; use hf or gguf")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} already exists and is not empty; choose a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    model.float()
+    if to == "hf":
+        write_hf(model, tok, cfg, out)
+    else:
+        write_gguf(model, tok, cfg, out / "model.gguf")
+    write_json(out / META_FILE, {"format": FORMAT, "to": to, "architecture": arch, "config": to_dict(cfg),
+                                 "tokenizer": json.loads(tok.to_json())})
+    run = RunDir(Path(run_dir))
+    summary = run.read_summary() if run.has_summary() else {}
+    result = {"out": str(out), "architecture": "GGUF gpt2" if to == "gguf" else HF_CLASSES[arch],
+              "max_logit_diff": max_logit_diff(model, out, to)}
+    (out / "README.md").write_text(model_card(cfg, summary, result, to), encoding="utf-8")
+    return result
+
+
+def max_logit_diff(model: GPT, out: Path, to: str = "hf", seed: int = 0) -> float | None:
+    """Largest |logit difference| between the export and our model on two random
+    sequences of a full block. A transformers folder is loaded by transformers
+    (None if it is not installed); a GGUF file is read back into our model, as
+    transformers' GGUF loader takes GPT-2's context length from the wrong key."""
+    m = model.cfg
+    ids = torch.randint(m.vocab_size, (2, m.block_size), generator=torch.Generator().manual_seed(seed))
+    if to == "gguf":
+        theirs = load_export(out)[0]
+    else:
+        try:
+            from transformers import AutoModelForCausalLM
+        except ImportError:
+            return None
+        theirs = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = theirs(ids)
+        logits = logits if to == "gguf" else logits.logits
+        return (logits - model.eval()(ids)).abs().max().item()
+
+
+def model_card(cfg: Config, summary: dict, result: dict, to: str) -> str:
+    """README.md of the export: what the model is, how it was trained, how to load it."""
+    m, name = cfg.model, cfg.recipe or cfg.task
+    source = getattr(cfg.data, "source", "") or getattr(cfg.data, "url", "")
+    data = {"addition": "3-digit addition problems, generated", "chat": "synthetic chat tasks"}.get(cfg.task, "")
+    rows = [("recipe", f"`{name}`" + (f": {cfg.description}" if cfg.description else "")),
+            ("task", cfg.task), ("data", source or data or "-"),
+            ("model", f"{m.n_layer} x {m.n_embd} (layers x width), {m.n_head} heads, context {m.block_size}, "
+                      f"vocabulary {m.vocab_size}; exported as {result['architecture']}")]
+    for key, label in (("params", "parameters"), ("steps", "steps"), ("tokens", "training tokens"),
+                       ("train_seconds", "training seconds"), ("device", "device"), ("dtype", "dtype"),
+                       ("torch_version", "torch"), ("git_commit", "speedrun commit")):
+        if summary.get(key) is not None:
+            value = summary[key]
+            rows.append((label, f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"
+                         if isinstance(value, int) else str(value)))
+    hardware = summary.get("hardware") or {}
+    if hardware:
+        rows.append(("hardware", ", ".join(str(hardware[k]) for k in ("cpu", "gpu") if hardware.get(k))))
+    for key, value in (summary.get("metrics") or {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            rows.append((key, f"{value:.4f}" if isinstance(value, float) else str(value)))
+    diff = result["max_logit_diff"]
+    if to == "hf":
+        load = ("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+                f"tokenizer = AutoTokenizer.from_pretrained({result['out']!r})\n"
+                f"model = AutoModelForCausalLM.from_pretrained({result['out']!r})\n```\n")
+        check = ("" if diff is None else
+                 f"Checked at export: the largest difference between these logits in transformers and "
+                 f"speedrun's own model was {diff:.1e} on a full context of random tokens.\n")
+    else:
+        load = "`model.gguf` is llama.cpp's `gpt2` architecture in float32 (`llama-cli -m model.gguf`).\n"
+        check = (f"Read back at export, the file gives speedrun's logits to within {diff:.1e}. llama.cpp computes "
+                 "GPT-2's GELU with the tanh approximation where speedrun uses the exact one, so its logits "
+                 "differ slightly from these.\n")
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return (f"---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags: [speedrun]\n---\n\n"
+            f"# {name}\n\nA small GPT trained from scratch with speedrun.\n\n| | |\n| --- | --- |\n{table}\n\n"
+            f"## Load it\n\n{load}\n{check}\n"
+            f"`speedrun sample {result['out']}` and `speedrun chat {result['out']}` load this folder into "
+            "speedrun's own model.\n")
+
+
+def is_export(path) -> bool:
+    return (Path(path) / META_FILE).is_file()
+
+
+def read_export(path) -> tuple[Config, object, dict]:
+    """(config, tokenizer, our state dict) from an export folder."""
+    path = Path(path)
+    meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT:
+        raise ConfigError(f"{path / META_FILE} is not a speedrun export (format {meta.get('format')!r})")
+    cfg = config_from_dict(meta["config"])
+    tok = load_tokenizer(json.dumps(meta["tokenizer"]))
+    if meta["to"] == "gguf":
+        tensors = read_gguf(path / "model.gguf")
+    else:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path / "model.safetensors"))
+    state = import_tensors(tensors, tensor_entries(meta["architecture"], cfg.model), cfg.model.tie_embeddings)
+    return cfg, tok, state
+
+
+def load_export(path, device: str = "cpu"):
+    """(model, tokenizer, config, runtime) from an export folder, as
+    `rundir.load_run_model` gives them for a run directory; fp32, as exported."""
+    cfg, tok, state = read_export(path)
+    rt = setup_runtime(device, "float32")
+    model = GPT(cfg.model)
+    model.load_state_dict(state)
+    return model.to(rt.device).eval(), tok, cfg, rt
+
+
+def load_model(path, device: str = "cpu"):
+    """(model, tokenizer, config, runtime) of a run directory or of an export folder."""
+    return (load_export if is_export(path) else load_run_model)(str(path), device)
