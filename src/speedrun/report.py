@@ -66,20 +66,21 @@ def load_run(path: str | Path) -> Run:
     if not path.is_dir():
         reason = "it is not a folder" if path.exists() else "no such folder"
         raise ReportError(f"{path} is not a run directory: {reason}; pass the folder `speedrun train` printed")
-    missing = [name for name in ("summary.json", "config.toml") if not (path / name).is_file()]
+    run = RunDir(path)
+    missing = [f.name for f in (run.summary_file, run.config_file) if not f.is_file()]
     if missing:
         raise ReportError(f"{path} is not a finished run directory: expected {' and '.join(missing)} in it "
                           "(`speedrun train` writes summary.json when a run ends)")
     try:
-        summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+        summary = run.read_summary()
     except json.JSONDecodeError as e:
-        raise ReportError(f"{path / 'summary.json'} is not valid JSON: {e}") from None
+        raise ReportError(f"{run.summary_file} is not valid JSON: {e}") from None
     try:
-        config = load_config(str(path / "config.toml"))
+        config = load_config(str(run.config_file))
     except ConfigError as e:
-        raise ReportError(f"{path / 'config.toml'}: {e}") from None
+        raise ReportError(f"{run.config_file}: {e}") from None
     try:
-        records = RunDir(path).read_metrics()
+        records = run.read_metrics()
     except ValueError as e:
         raise ReportError(str(e)) from None
     return Run(path, config, summary, records)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config, ConfigError, load_config, to_dict
+from .rundir import RunDir, git_commit
 
 ALPHA = 0.01  # the claim holds when p < ALPHA
 PASS_RATE = 0.5  # pass/fail targets: H0 is "a seed passes with at most this probability"
@@ -207,8 +208,6 @@ def build_record(recipe: str, overrides: list[str], cfg: Config, claim: Claim, s
                  summaries: list[dict]) -> dict:
     import platform
 
-    from .rundir import git_commit
-
     values = [s[claim.metric] for s in seeds]
     test = judge(claim, values)
     return {
@@ -240,13 +239,13 @@ def finished_summary(path: Path, digest: str) -> dict | None:
     A run that did not finish is removed: its times would not be whole."""
     if not path.exists():
         return None
-    summary_file, config_file = path / "summary.json", path / "config.toml"
-    if not config_file.is_file():
+    run = RunDir(path)
+    if not run.config_file.is_file():
         raise ConfigError(f"{path} exists and is not a run directory; give verify a new --out")
-    if config_hash(load_config(str(config_file))) != digest:
+    if config_hash(load_config(str(run.config_file))) != digest:
         raise ConfigError(f"{path} holds a run of another config; give verify a new --out")
-    if summary_file.is_file():
-        return json.loads(summary_file.read_text(encoding="utf-8"))
+    if run.has_summary():
+        return run.read_summary()
     shutil.rmtree(path)
     return None
 
@@ -277,9 +276,8 @@ def verify(recipe: str, overrides: list[str] = (), seeds: int = 5, target: float
             if code == 2:  # the user's config or data: every seed would fail the same way
                 lines = [x for x in output.splitlines() if x.startswith("error:")] or output.splitlines()[-1:]
                 raise ConfigError(f"seed {seed}: {(lines[-1] if lines else 'failed').removeprefix('error: ')}")
-            summary_file = path / "summary.json"
-            finished = code == 0 and summary_file.is_file()
-            summary = json.loads(summary_file.read_text(encoding="utf-8")) if finished else None
+            run = RunDir(path)
+            summary = run.read_summary() if code == 0 and run.has_summary() else None
         entry = seed_entry(claim, seed, str(path), summary, code, seconds)
         entries.append(entry)
         summaries.append(summary or {})
