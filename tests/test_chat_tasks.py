@@ -1,6 +1,7 @@
 import json
 import re
 import sys
+from collections import Counter
 
 import pytest
 
@@ -195,6 +196,14 @@ def test_counting_running_counts():
             assert item.key.count(matches[0][0]) == len(matches)
         answers.add(int(answer))
     assert {0, 1, 2} <= answers
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_counting_answers_come_in_thirds(split):
+    """Absent, once and repeated letters in turn: no constant answer is right more than a third of the time."""
+    items = make_items("counting", split, 99, 7)
+    counts = Counter("2+" if int(i.answer) >= 2 else i.answer for i in items)
+    assert counts == {"0": 33, "1": 33, "2+": 33}
 
 
 def test_formats():

@@ -89,7 +89,9 @@ class Task:
     name: str
     options: tuple[str, ...] = ()  # keyword arguments of the constructor, passed through make_items
 
-    def sample(self, split: str, rng: random.Random) -> TaskItem:
+    def sample(self, split: str, rng: random.Random, index: int = 0) -> TaskItem:
+        """One item of `split`; `index` is its place in the set being made, which a task
+        whose answers would be unbalanced uses to take its kinds of item in turn."""
         raise NotImplementedError
 
     def split_of(self, key: str) -> str:
@@ -121,7 +123,7 @@ class Arithmetic(Task):
     def key(self, a: int, b: int) -> str:
         return f"{a}{self.op}{b}"
 
-    def sample(self, split: str, rng: random.Random) -> TaskItem:
+    def sample(self, split: str, rng: random.Random, index: int = 0) -> TaskItem:
         _check_split(split)
         while True:
             a, b = self.operand(rng), self.operand(rng)
@@ -189,7 +191,7 @@ class Spelling(WordTask):
                  "Spell out {w} letter by letter.", "How is {w} spelled?", "Spell \"{w}\".",
                  "What are the letters of {w}?")
 
-    def sample(self, split: str, rng: random.Random) -> TaskItem:
+    def sample(self, split: str, rng: random.Random, index: int = 0) -> TaskItem:
         word = self.word(split, rng)
         answer = _spaced(word)
         question = rng.choice(self.phrasings).format(w=word)
@@ -204,8 +206,8 @@ class Counting(WordTask):
     count is carried along in the text instead of in the model's head."""
 
     name = "counting"
-    # the answer is 0, 1, or 2 and more, a third of the time each: with letters drawn
-    # from the word, "1" alone would be right more than half the time
+    # the answer is 0, 1, or 2 and more, in turn, so every set is a third of each: with
+    # letters drawn from the word, "1" alone would be right more than half the time
     answer_kinds = ("absent", "once", "repeated")
     phrasings = ("How many times does the letter {c} appear in {w}?", "How many {c}'s are in '{w}'?",
                  "Count the letter {c} in {w}.", "How many times is {c} in {w}?",
@@ -218,8 +220,8 @@ class Counting(WordTask):
             return [c for c in string.ascii_lowercase if c not in word]
         return sorted({c for c in word if (word.count(c) == 1) == (kind == "once")})
 
-    def sample(self, split: str, rng: random.Random) -> TaskItem:
-        kind = rng.choice(self.answer_kinds)
+    def sample(self, split: str, rng: random.Random, index: int = 0) -> TaskItem:
+        kind = self.answer_kinds[index % len(self.answer_kinds)]
         while not (choices := self.letters(word := self.word(split, rng), kind)):
             pass  # a word without a repeated letter: draw another
         letter = rng.choice(choices)
@@ -241,7 +243,7 @@ class Reversing(WordTask):
     phrasings = ("Reverse the word {w}.", "Spell {w} backwards.", "What is {w} reversed?", "Write {w} in reverse.",
                  "reverse {w}", "How do you spell '{w}' backwards?", "Spell \"{w}\" in reverse order.")
 
-    def sample(self, split: str, rng: random.Random) -> TaskItem:
+    def sample(self, split: str, rng: random.Random, index: int = 0) -> TaskItem:
         word = self.word(split, rng)
         answer = _spaced(word[::-1])
         text = f"{_spaced(word)} reversed is {answer}."
@@ -349,7 +351,7 @@ class Identity(Task):
     def split_of(self, key: str) -> str:
         return identity_base_splits()[identity_variants()[key][1]]
 
-    def sample(self, split: str, rng: random.Random) -> TaskItem:
+    def sample(self, split: str, rng: random.Random, index: int = 0) -> TaskItem:
         kind, question = rng.choice(identity_questions(split))
         answer = self.answers[kind]
         text = {"name": f"My name is {answer}.", "creator": f"I was made by {answer}.", "what": f"I am {answer}."}[kind]
@@ -389,11 +391,11 @@ def make_items(task: str, split: str, n: int, seed: int, identity: dict | None =
     t = get_task(task, **options)
     rng = random.Random(f"{task}/{split}/{seed}")
     if _check_split(split) == "train":
-        return [t.sample(split, rng) for _ in range(n)]
+        return [t.sample(split, rng, i) for i in range(n)]
     items, seen = [], set()
-    for _ in range(n):
+    for i in range(n):
         for _ in range(REDRAWS):
-            item = t.sample(split, rng)
+            item = t.sample(split, rng, i)
             if item.key not in seen:
                 break
         seen.add(item.key)
