@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from ..config import IDENTITY_CREATOR, IDENTITY_DESCRIPTION, IDENTITY_NAME
 from ..data import jsonl_records
 from .calculator import evaluate
 
@@ -338,8 +339,8 @@ class Identity(Task):
     name = "identity"
     options = ("name", "creator", "description")
 
-    def __init__(self, name: str = "speedrun", creator: str = "the speedrun developers",
-                 description: str = "a small language model trained from scratch with speedrun"):
+    def __init__(self, name: str = IDENTITY_NAME, creator: str = IDENTITY_CREATOR,
+                 description: str = IDENTITY_DESCRIPTION):
         for option, value in (("name", name), ("creator", creator), ("description", description)):
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"identity {option} must be a non-empty string, not {value!r}")
