@@ -15,7 +15,8 @@ PACKAGE = Path(speedrun.__file__).parent
 LAYERS = [
     ("foundation", ["config", "device", "clock", "checkpoint", "tokenizer", "sources", "data", "flops",
                     "distributed", "model", "optim", "progress", "rundir", "metrics_log", "compilation", "step"]),
-    ("tasks and conversations", ["tasks", "tasks.", "chat", "chat.template", "chat.conversations",
+    ("tasks and conversations", ["tasks", "tasks.", "chat", "chat.template", "chat.items", "chat.conversations",
+                                 "chat.identity", "chat.user_conversations",
                                  "chat.calculator", "chat.engine", "chat.evaluate", "chat.corpus"]),
     ("trainer", ["trainer"]),
     ("apps", ["apps", "apps.", "report", "verify", "export", "export.", "cli", "__main__", "__init__"]),

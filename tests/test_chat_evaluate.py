@@ -15,7 +15,8 @@ from speedrun.chat.evaluate import (
     few_shot_prompt,
     without_tool,
 )
-from speedrun.chat.conversations import TASKS, TaskItem, make_items
+from speedrun.chat.conversations import TASKS, make_items
+from speedrun.chat.items import TaskItem
 from speedrun.chat.template import (ASSISTANT_END, CHAT_SPECIAL_TOKENS, TOOL_END, TOOL_START, ChatTemplate,
                                     train_chat_tokenizer)
 from speedrun.cli import main

@@ -6,19 +6,10 @@ from collections import Counter
 import pytest
 
 from speedrun.chat.calculator import evaluate
-from speedrun.chat.conversations import (
-    TASKS,
-    ChatDataError,
-    TaskItem,
-    get_task,
-    identity_base_splits,
-    load_conversations,
-    make_items,
-    mixture,
-    normalise,
-    split_of,
-    words,
-)
+from speedrun.chat.conversations import TASKS, get_task, make_items, mixture, words
+from speedrun.chat.identity import identity_base_splits, normalise
+from speedrun.chat.items import TaskItem, split_of
+from speedrun.chat.user_conversations import ChatDataError, load_conversations
 
 
 def response(item: TaskItem) -> str:

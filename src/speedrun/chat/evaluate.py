@@ -26,7 +26,8 @@ import torch
 
 from ..model import generate
 from .engine import Engine
-from .conversations import TASKS, Task, TaskItem, make_items
+from .conversations import TASKS, make_items
+from .items import Task, TaskItem
 from .template import TOOL_START, response_text
 
 EVAL_OPTIONS = {"addition": {"digits": 3}, "subtraction": {"digits": 3}}  # the benchmark asks 3-digit sums

@@ -12,7 +12,8 @@ import math
 
 import torch
 
-from ..chat.conversations import load_conversations, mixture
+from ..chat.conversations import mixture
+from ..chat.user_conversations import load_conversations
 from ..chat.template import BOS, ChatTemplate
 from ..config import ChatData, Config
 from ..data import DataError
