@@ -83,7 +83,8 @@ def test_budgeted_run_capped_by_steps_still_anneals(tmp_path, line_corpus):
 
 
 def test_budget_lifts_the_step_count(tmp_path, line_corpus):
-    t = make_trainer(tmp_path, line_corpus, "train.steps=5", "train.time_budget=3.0")
+    # setup is spent from the budget too: 5 s leaves room for more than 5 steps on a busy machine
+    t = make_trainer(tmp_path, line_corpus, "train.steps=5", "train.time_budget=5.0")
     summary = t.train()
     assert summary["stopped_by"] == "time_budget" and summary["steps"] > 5
 
@@ -118,7 +119,9 @@ def test_time_budget_stops_and_anneals(tmp_path, corpus):
     summary = t.train()
     assert summary["stopped_by"] == "time_budget" and summary["steps"] < 100000
     # the budget is wall-clock: setup, evaluation and checkpoints are spent from it too
-    assert summary["train_seconds"] < 1.5 <= summary["wall_seconds"] < 4.0
+    # (the stop comes at the first step past the budget, plus the final evaluation: a few
+    # seconds at most, even on a loaded machine)
+    assert summary["train_seconds"] < 1.5 <= summary["wall_seconds"] < 1.5 + 6.0
     records = [json.loads(x) for x in (t.run.path / "metrics.jsonl").read_text().splitlines()]
     scales = [r["lr_scale"] for r in records if "lr_scale" in r]
     assert scales[0] > 0.95 and scales[-1] < 0.15  # it annealed to the end of the budget
