@@ -145,6 +145,8 @@ def test_claims_of_the_recipes():
     assert claim_for(load_config("shakespeare-char", ["data.test_fraction=0.05"]), 1.8857) == LOSS
     assert claim_for(load_config("shakespeare-char", ["train.target_val_loss=1.9", "data.test_fraction=0"])).metric \
         == "val_loss"
+    assert claim_for(load_config("shakespeare-char", ["train.target_val_bpb=2.5"])) == \
+        Claim("test_bpb", 2.5, "loss", "time_to_target")  # a per-byte target is judged per byte of test text
     with pytest.raises(ConfigError, match="give the loss to reach with --target"):
         claim_for(load_config("nanogpt-cpu"))
     with pytest.raises(ConfigError, match=r"give a value in \(0, 1\]"):

@@ -72,6 +72,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: only at the end
     time_budget: float = 0.0  # wall-clock seconds from process start until training stops; 0: none
     target_val_loss: float = 0.0  # record time_to_target once val_loss <= target; 0: off
+    target_val_bpb: float = 0.0  # the same on val_bpb (bits per byte of text: comparable across tokenizers)
     stop_at_target: bool = True  # stop training when the target is reached
     compile: Literal[True, False, "auto"] = "auto"  # auto: only when the run is long enough to pay it back
     skip_nonfinite: int = 0  # steps with a NaN/inf loss whose update may be dropped before stopping

@@ -216,8 +216,11 @@ class Trainer:
             self.record(metrics)
 
     def reached_target(self, metrics: dict) -> bool:
-        target, val = self.cfg.train.target_val_loss, metrics.get("val_loss")
-        return target > 0 and val is not None and val <= target and self.time_to_target is None
+        """The first evaluation at or below a target: on val_loss, or on val_bpb, the loss per
+        byte of text, which a BPE model and a character model are compared on."""
+        tc = self.cfg.train
+        targets = ((tc.target_val_loss, metrics.get("val_loss")), (tc.target_val_bpb, metrics.get("val_bpb")))
+        return self.time_to_target is None and any(t > 0 and v is not None and v <= t for t, v in targets)
 
     def record(self, metrics: dict, final: bool = False) -> None:
         """Log an evaluation; keep the best checkpoint; note the target, verification and early stops."""
@@ -345,6 +348,8 @@ class Trainer:
         if "val_loss" in final:
             summary["metrics"]["best_val_loss"] = self.best_val_loss
             summary["target_val_loss"] = cfg.train.target_val_loss or None
+            if cfg.train.target_val_bpb:
+                summary["target_val_bpb"] = cfg.train.target_val_bpb
             summary["time_to_target"] = self.time_to_target
             summary["train_seconds_to_target"] = self.train_seconds_to_target
         if "exact_match" in final:

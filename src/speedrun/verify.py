@@ -128,6 +128,9 @@ def claim_for(cfg: Config, target: float | None = None) -> Claim:
         if not 0 < target <= 1:
             raise ConfigError(f"--target {target} is not an exact-match rate; give a value in (0, 1], e.g. 1.0")
         return Claim("exact_match", target, "pass_fail", "time_to_verified")
+    if target is None and cfg.train.target_val_bpb > 0:  # a per-byte target: judged per byte of test text
+        metric = "test_bpb" if getattr(cfg.data, "test_fraction", 0) > 0 else "val_bpb"
+        return Claim(metric, cfg.train.target_val_bpb, "loss", "time_to_target")
     target = target if target is not None else cfg.train.target_val_loss
     if not target or target <= 0:
         raise ConfigError(f"recipe {cfg.recipe or cfg.task!r} sets no train.target_val_loss; give the loss to "
