@@ -1,0 +1,163 @@
+"""Speed, round two (by hand, not in CI): the speed issue's four targets beside nanoGPT's CPU recipe.
+
+Every run is a whole command in a fresh process with empty caches (token files,
+matmul peak, Inductor), timed by a stopwatch from before the process starts to
+after it ends. Losses are compared per character of the same held-out text:
+`val_bpb` x ln 2, which for a character model is its val_loss and for a BPE
+model (tokenizer learned from the training text only) its loss per token spread
+over the characters the tokens stand for. Each round is one seed and runs:
+
+1. `nanogpt-cpu`, the baseline: its stopwatch and val loss;
+2. time to nanoGPT's 1.8857 per character, stopping at the first evaluation at
+   or below it: `shakespeare-char` (characters), and `shakespeare-char` on a
+   1024-token BPE vocabulary; the baseline's stopwatch over each (target: 10x);
+3. loss at the baseline's wall-clock: `shakespeare-char-long` and
+   `shakespeare-bpe`, given the baseline's stopwatch, less a reserve for the
+   final evaluation, as their time budget (target: val <= 1.55 per character);
+4. with `--ten-minutes`: the same two (or `--ten-minute-recipes`) with a 600 s
+   budget (target: val <= 1.4697, nanoGPT's A100 result);
+5. with `--chat-base`: the chat pipeline's tokenizer and base stages (target:
+   val_bpb <= 1.40 in the stage's 7-minute budget).
+
+Runs 2-5 are made with `dtype=auto` (bf16 where this CPU has it natively) and
+`dtype=float32` (what a CPU without native bf16 gets); where `auto` picks fp32
+on this CPU anyway, one run stands for both. Printed: one line per run, then
+per target, recipe and precision the median and range over seeds, met or missed.
+
+    python benchmarks/speed.py [--seeds 3] [--ten-minutes] [--chat-base]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import describe  # noqa: E402
+from same_wallclock import DEFAULT_DATA, cold_run, resolves_to_fp32  # noqa: E402
+
+NANOGPT_LOSS = 1.8857  # nanoGPT's val loss for its CPU recipe
+SPEEDUP = 10.0
+SAME_WALL = 1.55
+TEN_MINUTES = 1.4697  # nanoGPT's val loss for its GPU recipe on an A100
+CHAT_BPB = 1.40
+PRECISIONS = ("auto", "float32")
+BPE = ["data.tokenizer=bpe", "data.vocab_size=1024"]
+TO_TARGET = {"characters": ("shakespeare-char", [f"train.target_val_loss={NANOGPT_LOSS}"]),
+             "BPE 1024": ("shakespeare-char", [*BPE, "train.eval_every=25",
+                                               f"train.target_val_bpb={NANOGPT_LOSS / math.log(2):.4f}"])}
+SAME_WALL_RECIPES = ("shakespeare-char-long", "shakespeare-bpe")
+
+
+def per_char(s: dict, split: str = "val") -> float:
+    """Nats per character of the split's text (ASCII: a byte is a character)."""
+    return s["metrics"][f"{split}_bpb"] * math.log(2)
+
+
+def chat_base_run(out: Path, dtype: str, seed: int) -> dict:
+    """The chat pipeline's tokenizer and base stages, cold; val_bpb and the stopwatch."""
+    env = dict(os.environ, SPEEDRUN_CACHE=str(out) + "-cache", TORCHINDUCTOR_CACHE_DIR=str(out) + "-inductor")
+    cmd = [sys.executable, "-m", "speedrun", "chat-pipeline", "--out", str(out), "--quiet", "--stage", "tokenizer",
+           "--stage", "base", f"base.dtype={dtype}", f"base.train.seed={seed}"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
+    stopwatch = time.perf_counter() - t0
+    summary = json.loads((out / "base" / "summary.json").read_text())
+    summary["stopwatch"] = stopwatch
+    return summary
+
+
+def show(label: str, dtype: str, seed: int, s: dict, figure: str) -> None:
+    label = f"{label} dtype={dtype}"
+    print(f"{label:<52} {seed:>4} {s['stopwatch']:>9.1f} {s['steps']:>6} {s['tokens_per_second']:>9,.0f} "
+          f"{s['compile_seconds']:>6.1f} {s['dtype']:>9}  {figure}", flush=True)
+
+
+def summarise(name: str, values: list[float], target: float, lower_is_better: bool = True, unit: str = "") -> str:
+    med = statistics.median(values)
+    met = med <= target if lower_is_better else med >= target
+    return (f"{name}: median {med:.4g}{unit} (min {min(values):.4g}, max {max(values):.4g}, n={len(values)}) "
+            f"vs target {'<=' if lower_is_better else '>='} {target:g}{unit}: {'met' if met else 'MISSED'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--reserve", type=float, default=8.0,
+                        help="seconds of the baseline's wall-clock kept for the final evaluation and exit")
+    parser.add_argument("--ten-minutes", action="store_true", help="also the 10-minute target (10 min per run)")
+    parser.add_argument("--ten-minute-recipes", nargs="+", default=list(SAME_WALL_RECIPES))
+    parser.add_argument("--chat-base", action="store_true", help="also the chat base model (7 min per run)")
+    args = parser.parse_args()
+    if not args.data.is_file():
+        sys.exit(f"error: {args.data} not found; pass --data PATH to tinyshakespeare.txt")
+    print(describe())
+    print(f"{'run':<52} {'seed':>4} {'stopwatch':>9} {'steps':>6} {'tok/s':>9} {'comp_s':>6} {'dtype':>9}  figure")
+
+    def precisions(recipe: str) -> list[str]:
+        return ["float32"] if resolves_to_fp32(recipe) else list(PRECISIONS)
+
+    results: dict[tuple[str, str, str], list[float]] = {}
+    base_walls, base_vals = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(1, args.seeds + 1):
+            def run(recipe: str, dtype: str, extra: list[str], tag: str) -> dict:
+                return cold_run(recipe, args.data, Path(tmp) / f"{recipe}-{tag}-{dtype}-{seed}".replace(" ", "-"),
+                                [f"train.seed={seed}", f"dtype={dtype}", *extra])
+
+            base = cold_run("nanogpt-cpu", args.data, Path(tmp) / f"base-{seed}", [f"train.seed={seed}"])
+            base_walls.append(base["stopwatch"])
+            base_vals.append(base["metrics"]["val_loss"])
+            show("nanogpt-cpu", "float32", seed, base, f"val {base['metrics']['val_loss']:.4f}")
+            for label, (recipe, extra) in TO_TARGET.items():
+                for dtype in precisions(recipe):
+                    s = run(recipe, dtype, extra, label)
+                    reached = s["time_to_target"] is not None
+                    speedup = base["stopwatch"] / s["stopwatch"] if reached else 0.0
+                    results.setdefault((f"1. to {NANOGPT_LOSS}: baseline's stopwatch / ours", label, dtype),
+                                       []).append(speedup)
+                    show(f"{recipe} ({label}) to {NANOGPT_LOSS}", dtype, seed, s,
+                         f"{'reached' if reached else 'NOT reached'} at step {s['steps']}, {per_char(s):.4f}/char, "
+                         f"{speedup:.2f}x")
+            budget = base["stopwatch"] - args.reserve
+            for recipe in SAME_WALL_RECIPES:
+                for dtype in precisions(recipe):
+                    s = run(recipe, dtype, [f"train.time_budget={budget:.1f}"], "same-wall")
+                    results.setdefault(("2. val per char at nanoGPT's wall-clock", recipe, dtype),
+                                       []).append(per_char(s))
+                    show(f"{recipe} {budget:.0f} s", dtype, seed, s,
+                         f"val {per_char(s):.4f}/char (test {per_char(s, 'test'):.4f}), "
+                         f"{s['stopwatch'] / base['stopwatch']:.2f}x its wall")
+            if args.ten_minutes:
+                for recipe in args.ten_minute_recipes:
+                    for dtype in precisions(recipe):
+                        s = run(recipe, dtype, ["train.time_budget=600"], "ten")
+                        results.setdefault(("3. val per char in ten minutes", recipe, dtype), []).append(per_char(s))
+                        show(f"{recipe} 600 s", dtype, seed, s,
+                             f"val {per_char(s):.4f}/char (test {per_char(s, 'test'):.4f})")
+            if args.chat_base:
+                for dtype in PRECISIONS:
+                    s = chat_base_run(Path(tmp) / f"chat-{dtype}-{seed}", dtype, seed)
+                    results.setdefault(("4. val_bpb", "chat-base", dtype), []).append(s["metrics"]["val_bpb"])
+                    show("chat-base", dtype, seed, s, f"val_bpb {s['metrics']['val_bpb']:.4f}")
+    print()
+    print(summarise("nanogpt-cpu whole command", base_walls, float("inf"), unit=" s").split(" vs ")[0]
+          + f"; val median {statistics.median(base_vals):.4f}")
+    targets = {"1": (SPEEDUP, False, "x"), "2": (SAME_WALL, True, ""), "3": (TEN_MINUTES, True, ""),
+               "4": (CHAT_BPB, True, "")}
+    for (name, what, dtype), values in results.items():
+        target, lower, unit = targets[name[0]]
+        print(summarise(f"{name}, {what} (dtype={dtype})", values, target, lower, unit))
+
+
+if __name__ == "__main__":
+    main()
