@@ -162,6 +162,8 @@ def test_a_target_verify_sets_times_the_run_without_stopping_it():
     own = load_config("shakespeare-char", ["train.target_val_loss=1.9"])  # the recipe's own target: left alone
     assert claim_overrides(own, claim_for(own)) == []
     assert claim_overrides(load_config("addition"), EXACT) == []
+    per_byte = Claim("test_bpb", 2.72, "loss", "time_to_target")  # a per-byte claim times a per-byte target
+    assert claim_overrides(cfg, per_byte) == ["train.target_val_bpb=2.72", "train.stop_at_target=false"]
 
 
 def test_config_hash_ignores_only_the_seed():

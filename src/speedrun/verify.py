@@ -141,12 +141,16 @@ def claim_for(cfg: Config, target: float | None = None) -> Claim:
 
 def claim_overrides(cfg: Config, claim: Claim) -> list[str]:
     """Overrides that make each run time the claim's target: a loss target becomes
-    train.target_val_loss, so the trainer records time_to_target (on val). Verify
-    only watches: a target it sets does not stop the run, so each seed trains for
-    the recipe's whole schedule and its final test loss is the recipe's, not that
-    of a run cut short where val first touched the target."""
-    if claim.kind == "loss" and cfg.train.target_val_loss != claim.target:
-        return [f"train.target_val_loss={claim.target!r}", "train.stop_at_target=false"]
+    train.target_val_loss (a per-byte one train.target_val_bpb), so the trainer
+    records time_to_target (on val). Verify only watches: a target it sets does not
+    stop the run, so each seed trains for the recipe's whole schedule and its final
+    test loss is the recipe's, not that of a run cut short where val first touched
+    the target."""
+    if claim.kind != "loss":
+        return []
+    key = "target_val_bpb" if claim.metric.endswith("_bpb") else "target_val_loss"
+    if getattr(cfg.train, key) != claim.target:
+        return [f"train.{key}={claim.target!r}", "train.stop_at_target=false"]
     return []
 
 
@@ -286,7 +290,7 @@ def verify(recipe: str, overrides: list[str] = (), seeds: int = 5, target: float
         summaries.append(summary or {})
         say(seed_line(claim, entry))
     record = build_record(recipe, list(overrides), cfg, claim, entries, summaries)
-    if claim.metric == "val_loss" and cfg.task == "text":
+    if claim.metric.startswith("val_") and cfg.task == "text":
         record["caveat"] = ("the recipe has no test split (data.test_fraction = 0): the claim is on the "
                             "validation split, the one tuning looks at")
     record["out"] = str(out)
