@@ -31,16 +31,21 @@ TARGET = 1.60
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 
-def cold_run(recipe: str, data: Path, out: Path, extra: list[str]) -> dict:
-    """One whole command in a fresh process with empty caches; its summary plus the stopwatch."""
+def cold_command(args: list[str], out: Path, summary_file: Path) -> dict:
+    """`speedrun ARGS` in a fresh process with empty caches (named after `out`); the
+    summary it wrote plus the stopwatch."""
     env = dict(os.environ, SPEEDRUN_CACHE=str(out) + "-cache", TORCHINDUCTOR_CACHE_DIR=str(out) + "-inductor")
-    cmd = [sys.executable, "-m", "speedrun", "train", recipe, "data.sample_tokens=0", "train.tensorboard=false",
-           *extra, "--data", str(data), "--out", str(out), "--quiet"]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
-    summary = json.loads((out / "summary.json").read_text())
+    subprocess.run([sys.executable, "-m", "speedrun", *args], check=True, stdout=subprocess.DEVNULL, env=env)
+    summary = json.loads(summary_file.read_text())
     summary["stopwatch"] = time.perf_counter() - t0
     return summary
+
+
+def cold_run(recipe: str, data: Path, out: Path, extra: list[str]) -> dict:
+    """One whole training command, cold; its summary plus the stopwatch."""
+    return cold_command(["train", recipe, "data.sample_tokens=0", "train.tensorboard=false", *extra,
+                         "--data", str(data), "--out", str(out), "--quiet"], out, out / "summary.json")
 
 
 def resolves_to_fp32(recipe: str) -> bool:

@@ -30,19 +30,15 @@ per target, recipe and precision the median and range over seeds, met or missed.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import describe  # noqa: E402
-from same_wallclock import DEFAULT_DATA, cold_run, resolves_to_fp32  # noqa: E402
+from same_wallclock import DEFAULT_DATA, cold_command, cold_run, resolves_to_fp32  # noqa: E402
 
 NANOGPT_LOSS = 1.8857  # nanoGPT's val loss for its CPU recipe
 SPEEDUP = 10.0
@@ -64,15 +60,8 @@ def per_char(s: dict, split: str = "val") -> float:
 
 def chat_base_run(out: Path, dtype: str, seed: int) -> dict:
     """The chat pipeline's tokenizer and base stages, cold; val_bpb and the stopwatch."""
-    env = dict(os.environ, SPEEDRUN_CACHE=str(out) + "-cache", TORCHINDUCTOR_CACHE_DIR=str(out) + "-inductor")
-    cmd = [sys.executable, "-m", "speedrun", "chat-pipeline", "--out", str(out), "--quiet", "--stage", "tokenizer",
-           "--stage", "base", f"base.dtype={dtype}", f"base.train.seed={seed}"]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
-    stopwatch = time.perf_counter() - t0
-    summary = json.loads((out / "base" / "summary.json").read_text())
-    summary["stopwatch"] = stopwatch
-    return summary
+    return cold_command(["chat-pipeline", "--out", str(out), "--quiet", "--stage", "tokenizer", "--stage", "base",
+                         f"base.dtype={dtype}", f"base.train.seed={seed}"], out, out / "base" / "summary.json")
 
 
 def show(label: str, dtype: str, seed: int, s: dict, figure: str) -> None:
@@ -81,11 +70,16 @@ def show(label: str, dtype: str, seed: int, s: dict, figure: str) -> None:
           f"{s['compile_seconds']:>6.1f} {s['dtype']:>9}  {figure}", flush=True)
 
 
+def spread(values: list[float], unit: str = "") -> str:
+    return (f"median {statistics.median(values):.4g}{unit} (min {min(values):.4g}, max {max(values):.4g}, "
+            f"n={len(values)})")
+
+
 def summarise(name: str, values: list[float], target: float, lower_is_better: bool = True, unit: str = "") -> str:
     med = statistics.median(values)
     met = med <= target if lower_is_better else med >= target
-    return (f"{name}: median {med:.4g}{unit} (min {min(values):.4g}, max {max(values):.4g}, n={len(values)}) "
-            f"vs target {'<=' if lower_is_better else '>='} {target:g}{unit}: {'met' if met else 'MISSED'}")
+    return (f"{name}: {spread(values, unit)} vs target {'<=' if lower_is_better else '>='} {target:g}{unit}: "
+            f"{'met' if met else 'MISSED'}")
 
 
 def main() -> None:
@@ -150,8 +144,7 @@ def main() -> None:
                     results.setdefault(("4. val_bpb", "chat-base", dtype), []).append(s["metrics"]["val_bpb"])
                     show("chat-base", dtype, seed, s, f"val_bpb {s['metrics']['val_bpb']:.4f}")
     print()
-    print(summarise("nanogpt-cpu whole command", base_walls, float("inf"), unit=" s").split(" vs ")[0]
-          + f"; val median {statistics.median(base_vals):.4f}")
+    print(f"nanogpt-cpu whole command: {spread(base_walls, ' s')}; val median {statistics.median(base_vals):.4f}")
     targets = {"1": (SPEEDUP, False, "x"), "2": (SAME_WALL, True, ""), "3": (TEN_MINUTES, True, ""),
                "4": (CHAT_BPB, True, "")}
     for (name, what, dtype), values in results.items():
