@@ -122,7 +122,7 @@ class RunDir:
         """The config the run was started with, from its last checkpoint."""
         from .config import config_from_dict
 
-        if not self.checkpoint("last").exists():
+        if not self.has_checkpoint("last"):
             raise ConfigError(f"cannot resume {self.path}: it has no checkpoint (checkpoints/last.safetensors)")
         return config_from_dict(self.load_checkpoint("last")[1]["config"])
 

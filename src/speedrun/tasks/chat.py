@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ..chat.conversations import mixture
+from ..chat.conversations import TASKS, mixture
 from ..chat.user_conversations import load_conversations
 from ..chat.template import BOS, ChatTemplate
 from ..config import ChatData, Config
@@ -23,14 +23,13 @@ from ..tokenizer import load_tokenizer_file
 from . import Task
 
 
-
 def identity_options(cfg: ChatData) -> dict:
     return {"name": cfg.identity_name, "creator": cfg.identity_creator, "description": cfg.identity_description}
 
 
 def task_weights(cfg: ChatData) -> dict[str, float]:
-    names = ("addition", "subtraction", "spelling", "counting", "reversing", "identity")
-    return {name: getattr(cfg, name) for name in names if getattr(cfg, name) > 0}
+    """The mixture's weights: the config's field of each registered task, where above 0."""
+    return {name: getattr(cfg, name) for name in TASKS if getattr(cfg, name) > 0}
 
 
 class ChatTask(Task):
