@@ -74,6 +74,25 @@ def test_recipe_from_file(tmp_path):
     assert cfg.recipe == "mine" and cfg.train.steps == 7
 
 
+def test_a_recipe_extends_another_and_states_only_what_it_changes(tmp_path):
+    long, short = load_config("shakespeare-bpe-long"), load_config("shakespeare-bpe")
+    assert long.model.dropout == 0.1 and short.model.dropout == 0.0
+    assert long.train.time_budget == 600 and long.train.batch_size == short.train.batch_size
+    assert (long.model.n_embd, long.data.tokenizer, long.optim.muon_lr) == \
+        (short.model.n_embd, short.data.tokenizer, short.optim.muon_lr)
+    mine = tmp_path / "mine.toml"
+    mine.write_text(f'extends = "{tmp_path / "parent.toml"}"\n[train]\nsteps = 9\n')
+    (tmp_path / "parent.toml").write_text('extends = "addition"\n[train]\nsteps = 7\nbatch_size = 3\n')
+    cfg = load_config(str(mine))
+    assert cfg.recipe == "mine" and cfg.task == "addition" and (cfg.train.steps, cfg.train.batch_size) == (9, 3)
+    (tmp_path / "parent.toml").write_text(f'extends = "{mine}"\n')
+    with pytest.raises(ConfigError, match="without a cycle"):
+        load_config(str(mine))
+    mine.write_text('extends = "shakespeare-bpe-lng"\n')
+    with pytest.raises(ConfigError, match="did you mean 'shakespeare-bpe-long'"):
+        load_config(str(mine))
+
+
 def test_invalid_toml_is_a_config_error(tmp_path):
     path = tmp_path / "broken.toml"
     path.write_text("[train\nsteps = 7\n")

@@ -175,8 +175,11 @@ def recipe_names() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
-def read_recipe(name_or_path: str) -> tuple[str, dict]:
-    """Return (recipe name, raw TOML table) for a bundled name or a file path."""
+def read_recipe(name_or_path: str, _seen: tuple[str, ...] = ()) -> tuple[str, dict]:
+    """Return (recipe name, raw TOML table) for a bundled name or a file path.
+
+    A recipe with `extends = "other"` is the other recipe (bundled name or path) with its own keys
+    laid over it, table by table, so a variant states only what it changes."""
     path = Path(name_or_path)
     if name_or_path.endswith(".toml") or path.exists():
         if not path.is_file():
@@ -192,9 +195,25 @@ def read_recipe(name_or_path: str) -> tuple[str, dict]:
         text = (resources.files("speedrun") / "recipes" / f"{name_or_path}.toml").read_text("utf-8")
         name = name_or_path
     try:
-        return name, tomllib.loads(text)
+        table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"recipe {name_or_path!r} is not valid TOML: {e}") from None
+    parent = table.pop("extends", None)
+    if parent is None:
+        return name, table
+    if not isinstance(parent, str) or parent in _seen or parent == name_or_path:
+        raise ConfigError(f"recipe {name_or_path!r}: extends = {parent!r} must name another recipe, "
+                          f"without a cycle ({' -> '.join((*_seen, name_or_path, str(parent)))})")
+    return name, _laid_over(read_recipe(parent, (*_seen, name_or_path))[1], table)
+
+
+def _laid_over(base: dict, top: dict) -> dict:
+    """base with top's keys set over it; tables merge key by key, everything else is replaced."""
+    merged = dict(base)
+    for key, value in top.items():
+        merged[key] = (_laid_over(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict)
+                       else value)
+    return merged
 
 
 def recipe_description(name: str) -> str:
