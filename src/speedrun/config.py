@@ -201,10 +201,11 @@ def read_recipe(name_or_path: str, _seen: tuple[str, ...] = ()) -> tuple[str, di
     parent = table.pop("extends", None)
     if parent is None:
         return name, table
-    if not isinstance(parent, str) or parent in _seen or parent == name_or_path:
+    chain = (*_seen, name_or_path)
+    if not isinstance(parent, str) or parent in chain:
         raise ConfigError(f"recipe {name_or_path!r}: extends = {parent!r} must name another recipe, "
-                          f"without a cycle ({' -> '.join((*_seen, name_or_path, str(parent)))})")
-    return name, _laid_over(read_recipe(parent, (*_seen, name_or_path))[1], table)
+                          f"without a cycle ({' -> '.join((*chain, str(parent)))})")
+    return name, _laid_over(read_recipe(parent, chain)[1], table)
 
 
 def _laid_over(base: dict, top: dict) -> dict:
