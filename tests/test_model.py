@@ -10,6 +10,8 @@ VARIANTS = [
     dict(),
     dict(pos="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, zero_init_proj=True,
          tie_embeddings=False, logit_softcap=15.0),
+    dict(pos="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, zero_init_proj=True, smear=True,
+         value_embeddings=True),
 ]
 
 
@@ -45,6 +47,16 @@ def test_chunked_prefill_matches_one_pass(kw):
     first = model(idx[:, :7], cache=cache)
     rest = model(idx[:, 7:], cache=cache, start=7)
     torch.testing.assert_close(torch.cat((first, rest), dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_smear_adds_a_learned_share_of_the_previous_embedding():
+    model = tiny(smear=True)
+    x = torch.randn(2, 5, 32)
+    w = model.smear.weight.detach()
+    out = model.smear(x)
+    torch.testing.assert_close(out[:, 0], x[:, 0])  # the first position has nothing to look back at
+    torch.testing.assert_close(out[:, 1:], x[:, 1:] + w * x[:, :-1])
+    assert torch.equal(GPT(ModelConfig(vocab_size=11, smear=True)).smear.weight, torch.zeros(64))  # starts off
 
 
 def test_loss_ignores_masked_targets():

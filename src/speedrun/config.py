@@ -43,6 +43,8 @@ class ModelConfig:
     tie_embeddings: bool = True
     zero_init_proj: bool = False
     logit_softcap: float = 0.0  # 0 disables soft-capping
+    smear: bool = False  # add a learned share of the previous token's embedding to each token's
+    value_embeddings: bool = False  # each block adds a second embedding of the token to its attention values
 
 
 @dataclass

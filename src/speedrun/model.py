@@ -2,8 +2,11 @@
 
 GPT-2 style: learned positions, LayerNorm, GELU MLP, tied embeddings.
 Modern options: rotary positions, RMSNorm, QK-norm, ReLU^2 MLP, zero-initialised
-output projections (each block starts as the identity), untied head and logit
-soft-capping. Attention always goes through `scaled_dot_product_attention`, so
+output projections (each block starts as the identity), untied head, logit
+soft-capping, "smear" (a learned share of the previous token's embedding added
+to each token's, a one-token look-back before any attention) and value embeddings
+(a second embedding of each token, per block, added to that block's attention
+values). Attention always goes through `scaled_dot_product_attention`, so
 CUDA gets flash attention and the CPU its fused kernel.
 """
 
@@ -66,11 +69,13 @@ class Attention(nn.Module):
         self.rope = cfg.pos == "rope"
         self.dropout = cfg.dropout
 
-    def forward(self, x, rotary, cache, start, keep=0):
+    def forward(self, x, rotary, cache, start, keep=0, value_embedding=None):
         """keep > 0: outputs for the last `keep` positions only (keys and values still for all)."""
         B, T, C = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)
         qk, v = qkv[:, :, :2], qkv[:, :, 2]  # queries and keys normed and rotated in one go
+        if value_embedding is not None:
+            v = v + value_embedding.view(B, T, self.n_head, self.head_dim)
         if self.qk_norm:
             qk = F.rms_norm(qk, (self.head_dim,))
         if self.rope:
@@ -113,10 +118,28 @@ class Block(nn.Module):
         self.norm2, self.mlp = make_norm(cfg, cfg.n_embd), MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rotary, cache, start, keep=0):
-        attended = self.drop(self.attn(self.norm1(x), rotary, cache, start, keep))
+    def forward(self, x, rotary, cache, start, keep=0, value_embedding=None):
+        attended = self.drop(self.attn(self.norm1(x), rotary, cache, start, keep, value_embedding))
         x = (x[:, -keep:] if keep else x) + attended
         return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class Smear(nn.Module):
+    """x_t + w * x_(t-1), with w learned per channel and zero at the start (the model
+    begins as without it). The first position of a sequence looks back at nothing;
+    under a KV cache `last` carries the previous chunk's final embedding across calls."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x, last=None):
+        previous = F.pad(x[:, :-1], (0, 0, 1, 0))
+        if last:
+            previous = torch.cat((last[0], previous[:, 1:]), dim=1)
+        if last is not None:
+            last[:] = [x[:, -1:]]
+        return x + self.weight.to(x.dtype) * previous
 
 
 class GPT(nn.Module):
@@ -127,8 +150,11 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
+        self.smear = Smear(cfg.n_embd) if cfg.smear else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.value_embeds = (nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.n_embd) for _ in range(cfg.n_layer))
+                             if cfg.value_embeddings else None)
         self.norm_f = make_norm(cfg, cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -169,12 +195,15 @@ class GPT(nn.Module):
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
+        if self.smear is not None:
+            x = self.smear(x, cache[-1] if cache is not None else None)
         x = self.drop(x)
         rotary = (self.rope_cos, self.rope_sin) if self.cfg.pos == "rope" else None
         for i, block in enumerate(self.blocks):
             # the last block computes only the positions whose logits are asked for
             keep = last if last and i == len(self.blocks) - 1 else 0
-            x = block(x, rotary, cache[i] if cache is not None else None, start, keep)
+            ve = self.value_embeds[i](idx) if self.value_embeds is not None else None
+            x = block(x, rotary, cache[i] if cache is not None else None, start, keep, ve)
         logits = self.head(self.norm_f(x))
         if self.cfg.logit_softcap > 0:
             cap = self.cfg.logit_softcap
@@ -185,7 +214,8 @@ class GPT(nn.Module):
         return logits, loss
 
     def new_cache(self) -> list[list]:
-        return [[] for _ in self.blocks]
+        """One [k, v] list per block, then the smear's last embedding if the model smears."""
+        return [[] for _ in self.blocks] + ([[]] if self.smear is not None else [])
 
 
 @contextlib.contextmanager

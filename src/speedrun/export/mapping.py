@@ -50,6 +50,12 @@ def hf_architecture(m: ModelConfig) -> str:
     if m.logit_softcap > 0:
         raise ConfigError(f"model.logit_softcap = {m.logit_softcap} has no exact counterpart in transformers "
                           "(NanoChat soft-caps but also normalises the embeddings); train with model.logit_softcap=0")
+    if m.smear:
+        raise ConfigError("model.smear = true (a look-back to the previous token's embedding) has no counterpart "
+                          "in transformers; train with model.smear=false")
+    if m.value_embeddings:
+        raise ConfigError("model.value_embeddings = true has no counterpart in transformers; "
+                          "train with model.value_embeddings=false")
     if m.pos == "learned":
         if m.norm != "layernorm":
             raise ConfigError("model.norm = 'rmsnorm' with learned positions has no transformers counterpart; "
