@@ -9,11 +9,13 @@ over the characters the tokens stand for. Each round is one seed and runs:
 
 1. `nanogpt-cpu`, the baseline: its stopwatch and val loss;
 2. time to nanoGPT's 1.8857 per character, stopping at the first evaluation at
-   or below it: `shakespeare-char` (characters), and `shakespeare-char` on a
-   1024-token BPE vocabulary; the baseline's stopwatch over each (target: 10x);
-3. loss at the baseline's wall-clock: `shakespeare-char-long` and
-   `shakespeare-bpe`, given the baseline's stopwatch, less a reserve for the
-   final evaluation, as their time budget (target: val <= 1.55 per character);
+   or below it: `shakespeare-char` (characters), its ablation without smear, and
+   `shakespeare-char` on a 1024-token BPE vocabulary; the baseline's stopwatch
+   over each (target: 10x);
+3. loss at the baseline's wall-clock: `shakespeare-char-long`, its ablations
+   (smear off; batch 128, the round-one batch) and `shakespeare-bpe`, given the
+   baseline's stopwatch, less a reserve for the final evaluation, as their time
+   budget (target: val <= 1.55 per character);
 4. with `--ten-minutes`: `shakespeare-bpe-long` with a 600 s budget, and the same
    with dropout off, its ablation (target: val <= 1.4697, nanoGPT's A100 result);
    `--ten-minute-recipes` runs others, each a recipe and its overrides in one
@@ -50,9 +52,12 @@ CHAT_BPB = 1.40
 PRECISIONS = ("auto", "float32")
 BPE = ["data.tokenizer=bpe", "data.vocab_size=1024"]
 TO_TARGET = {"characters": ("shakespeare-char", [f"train.target_val_loss={NANOGPT_LOSS}"]),
-             "BPE 1024": ("shakespeare-char", [*BPE, "train.eval_every=25",
+             "characters, ablation: smear off": ("shakespeare-char", [f"train.target_val_loss={NANOGPT_LOSS}",
+                                                                      "model.smear=false"]),
+             "BPE 1024": ("shakespeare-char", [*BPE, "train.eval_every=25", "data.eval_batches=0",
                                                f"train.target_val_bpb={NANOGPT_LOSS / math.log(2):.4f}"])}
-SAME_WALL_RECIPES = ("shakespeare-char-long", "shakespeare-bpe")
+SAME_WALL_RECIPES = ("shakespeare-char-long", "shakespeare-char-long model.smear=false",  # the recipe, its ablations
+                     "shakespeare-char-long train.batch_size=128", "shakespeare-bpe")
 TEN_MINUTE_RECIPES = ("shakespeare-bpe-long", "shakespeare-bpe-long model.dropout=0")  # the recipe, its ablation
 
 
@@ -69,7 +74,7 @@ def chat_base_run(out: Path, dtype: str, seed: int) -> dict:
 
 def show(label: str, dtype: str, seed: int, s: dict, figure: str) -> None:
     label = f"{label} dtype={dtype}"
-    print(f"{label:<52} {seed:>4} {s['stopwatch']:>9.1f} {s['steps']:>6} {s['tokens_per_second']:>9,.0f} "
+    print(f"{label:<66} {seed:>4} {s['stopwatch']:>9.1f} {s['steps']:>6} {s['tokens_per_second']:>9,.0f} "
           f"{s['compile_seconds']:>6.1f} {s['dtype']:>9}  {figure}", flush=True)
 
 
@@ -99,7 +104,7 @@ def main() -> None:
     if not args.data.is_file():
         sys.exit(f"error: {args.data} not found; pass --data PATH to tinyshakespeare.txt")
     print(describe())
-    print(f"{'run':<52} {'seed':>4} {'stopwatch':>9} {'steps':>6} {'tok/s':>9} {'comp_s':>6} {'dtype':>9}  figure")
+    print(f"{'run':<66} {'seed':>4} {'stopwatch':>9} {'steps':>6} {'tok/s':>9} {'comp_s':>6} {'dtype':>9}  figure")
 
     def precisions(recipe: str) -> list[str]:
         return ["float32"] if resolves_to_fp32(recipe) else list(PRECISIONS)
@@ -127,12 +132,13 @@ def main() -> None:
                          f"{'reached' if reached else 'NOT reached'} at step {s['steps']}, {per_char(s):.4f}/char, "
                          f"{speedup:.2f}x")
             budget = base["stopwatch"] - args.reserve
-            for recipe in SAME_WALL_RECIPES:
+            for k, spec in enumerate(SAME_WALL_RECIPES):
+                recipe, *extra = spec.split()
                 for dtype in precisions(recipe):
-                    s = run(recipe, dtype, [f"train.time_budget={budget:.1f}"], "same-wall")
-                    results.setdefault(("2. val per char at nanoGPT's wall-clock", recipe, dtype),
+                    s = run(recipe, dtype, [f"train.time_budget={budget:.1f}", *extra], f"same-wall{k}")
+                    results.setdefault(("2. val per char at nanoGPT's wall-clock", spec, dtype),
                                        []).append(per_char(s))
-                    show(f"{recipe} {budget:.0f} s", dtype, seed, s,
+                    show(f"{spec} {budget:.0f} s", dtype, seed, s,
                          f"val {per_char(s):.4f}/char (test {per_char(s, 'test'):.4f}), "
                          f"{s['stopwatch'] / base['stopwatch']:.2f}x its wall")
             if args.ten_minutes:
