@@ -88,6 +88,11 @@ def test_a_recipe_extends_another_and_states_only_what_it_changes(tmp_path):
     (tmp_path / "parent.toml").write_text(f'extends = "{mine}"\n')
     with pytest.raises(ConfigError, match="without a cycle"):
         load_config(str(mine))
+    (tmp_path / "sub").mkdir()  # a relative parent is read beside the recipe, not from the working folder
+    (tmp_path / "sub" / "child.toml").write_text('extends = "../parent.toml"\n[train]\nsteps = 5\n')
+    (tmp_path / "parent.toml").write_text('extends = "addition"\n[train]\nbatch_size = 3\n')
+    cfg = load_config(str(tmp_path / "sub" / "child.toml"))
+    assert (cfg.task, cfg.train.steps, cfg.train.batch_size) == ("addition", 5, 3)
     mine.write_text('extends = "shakespeare-bpe-lng"\n')
     with pytest.raises(ConfigError, match="did you mean 'shakespeare-bpe-long'"):
         load_config(str(mine))

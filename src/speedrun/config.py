@@ -181,9 +181,11 @@ def read_recipe(name_or_path: str, _seen: tuple[str, ...] = ()) -> tuple[str, di
     """Return (recipe name, raw TOML table) for a bundled name or a file path.
 
     A recipe with `extends = "other"` is the other recipe (bundled name or path) with its own keys
-    laid over it, table by table, so a variant states only what it changes."""
+    laid over it, table by table, so a variant states only what it changes. A relative path
+    there is read from the extending recipe's folder, wherever the command runs."""
     path = Path(name_or_path)
-    if name_or_path.endswith(".toml") or path.exists():
+    is_file = name_or_path.endswith(".toml") or path.exists()
+    if is_file:
         if not path.is_file():
             raise ConfigError(f"recipe file {name_or_path!r} not found; give an existing .toml path "
                               f"or one of: {', '.join(recipe_names())}")
@@ -203,6 +205,8 @@ def read_recipe(name_or_path: str, _seen: tuple[str, ...] = ()) -> tuple[str, di
     parent = table.pop("extends", None)
     if parent is None:
         return name, table
+    if is_file and isinstance(parent, str) and (parent.endswith(".toml") or "/" in parent):
+        parent = str(path.parent / parent)  # an absolute parent stays as it is
     chain = (*_seen, name_or_path)
     if not isinstance(parent, str) or parent in chain:
         raise ConfigError(f"recipe {name_or_path!r}: extends = {parent!r} must name another recipe, "
