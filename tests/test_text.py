@@ -93,13 +93,13 @@ def test_test_split_is_scored_only_at_the_end(tmp_path, corpus):
 
 
 def test_training_run_writes_text_outputs(tmp_path, corpus):
-    t = make_trainer(tmp_path, corpus, "train.steps=12", "train.eval_every=6")
+    t = make_trainer(tmp_path, corpus, "train.steps=12", "train.eval_every=6", "data.eval_batches=0")
     summary = t.train()
     assert summary["steps"] == 12 and summary["metrics"]["eval"] == "full"
     assert summary["metrics"]["val_bpb"] > 0 and summary["time_to_target"] is None
     run = t.run.path
     assert (run / "checkpoints" / "best.safetensors").is_file() and (run / "checkpoints" / "last.safetensors").is_file()
-    assert (run / "samples.txt").read_text().count("--- step") == 2
+    assert (run / "samples.txt").read_text().count("--- step") == 2  # with each whole-split evaluation
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val_loss" in r] == [6, 12]
     assert all("tokens_per_second" in r for r in records if "loss" in r)
@@ -138,3 +138,11 @@ def test_sample_after_a_prompt_longer_than_a_block_is_only_new_text(tmp_path, co
     model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=task.tokenizer.vocab_size))
     text = task.sample(model, RT, step=0)
     assert len(task.tokenizer.encode(text, allow_special=True)) == 12
+
+
+def test_sampled_estimates_write_no_text_sample(tmp_path, corpus):
+    t = make_trainer(tmp_path, corpus, "train.steps=12", "train.eval_every=3", "data.eval_batches=1")
+    t.train()
+    records = [json.loads(x) for x in (t.run.path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval"] for r in records if "val_loss" in r] == ["sampled"] * 3 + ["full"]
+    assert (t.run.path / "samples.txt").read_text().count("--- step") == 1  # the final evaluation's only

@@ -186,10 +186,11 @@ class TextTask(Task):
         return tok.decode(out[0, len(prompt):].tolist())
 
     def evaluate(self, model, rt: Runtime, step: int, final: bool = False) -> dict:
-        """The whole split (always when final), or the sampled estimate; plus a sample."""
+        """The whole split (always when final), or the sampled estimate; a text sample goes
+        with the whole split only, so frequent quick estimates do not pay for generation."""
         full = final or not self.cfg.eval_batches
         metrics = self.full_eval(model, rt) if full else self.sampled_eval(model, rt, step)
-        if self.cfg.sample_tokens:
+        if self.cfg.sample_tokens and full:
             metrics["sample"] = self.sample(model, rt, step)
         return metrics
 
