@@ -142,12 +142,17 @@ def test_target_stops_and_records_time(tmp_path, corpus):
 
 def test_a_target_on_bits_per_byte_stops_the_run(tmp_path, corpus):
     """target_val_bpb compares models with different tokenizers: it is reached on val_bpb, not val_loss."""
-    t = make_trainer(tmp_path, corpus, "train.steps=50", "train.eval_every=5", "train.target_val_bpb=100.0")
+    t = make_trainer(tmp_path, corpus, "train.steps=50", "train.eval_every=5", "train.target_val_bpb=100.0",
+                     "data.eval_batches=0")
     summary = t.train()
     assert summary["stopped_by"] == "target" and summary["steps"] == 5 and summary["target_val_bpb"] == 100.0
     t = make_trainer(tmp_path, corpus, "train.steps=10", "train.eval_every=5", "train.target_val_bpb=0.01",
                      name="far")
     assert t.train()["time_to_target"] is None
+    t = make_trainer(tmp_path, corpus, "train.steps=50", "train.eval_every=5", "train.target_val_bpb=100.0",
+                     "data.eval_batches=1", name="sampled")  # an estimate on bits per byte, then confirmed
+    summary = t.train()
+    assert summary["stopped_by"] == "target" and summary["steps"] == 5
 
 
 def test_sampled_estimate_is_labelled_and_confirmed_before_target(tmp_path, corpus):

@@ -173,7 +173,8 @@ class TextTask(Task):
         g = np.random.default_rng([self.seed, step])
         starts = g.integers(0, len(self.val_tokens) - self.block_size - 1, self.cfg.eval_batches * batch_size)
         s = self.score(model, rt, self.val_tokens, [(int(st), self.block_size) for st in starts], batch_size)
-        return {"val_loss": s["nats"] / s["tokens"], "eval": "sampled"}
+        return {"val_loss": s["nats"] / s["tokens"], "val_bpb": s["text_bits"] / max(s["bytes"], 1.0),
+                "eval": "sampled"}  # val_bpb too, so a target on it is noticed and then confirmed
 
     def sample(self, model, rt: Runtime, step: int) -> str:
         tok = self.tokenizer
