@@ -134,7 +134,8 @@ class TextTask(Task):
     def score(self, model, rt: Runtime, tokens: np.ndarray, windows: list[tuple[int, int]],
               batch_size: int = 64) -> dict:
         """Sums over the targets of `windows` of `tokens`: loss in nats (all tokens), loss
-        in bits on tokens that stand for text, token count and UTF-8 byte count."""
+        in bits on tokens that stand for text, token count and UTF-8 byte count; and the two
+        means every evaluation reports: `loss` (nats per token) and `bpb` (bits per byte)."""
         total = {"nats": 0.0, "text_bits": 0.0, "tokens": 0, "bytes": 0.0}
         by_length: dict[int, list[int]] = {}
         for start, length in windows:
@@ -154,7 +155,8 @@ class TextTask(Task):
                     total["text_bits"] += losses[nbytes > 0].sum().item() / math.log(2)
                     total["tokens"] += y.numel()
                     total["bytes"] += nbytes.sum().item()
-        return total
+        return {**total, "loss": total["nats"] / total["tokens"],
+                "bpb": total["text_bits"] / max(total["bytes"], 1.0)}
 
     def full_evaluate(self, model, rt: Runtime) -> dict:
         return self.full_eval(model, rt)
@@ -163,18 +165,17 @@ class TextTask(Task):
         """The whole split scored: {split}_loss, _perplexity, _bpb and _tokens."""
         tokens = self.test_tokens if split == "test" else self.val_tokens
         s = self.score(model, rt, tokens, eval_windows(len(tokens), self.block_size))
-        loss = s["nats"] / s["tokens"]
-        metrics = {f"{split}_loss": loss, f"{split}_perplexity": math.exp(min(loss, 50.0)),
-                   f"{split}_bpb": s["text_bits"] / max(s["bytes"], 1.0), f"{split}_tokens": s["tokens"]}
+        metrics = {f"{split}_loss": s["loss"], f"{split}_perplexity": math.exp(min(s["loss"], 50.0)),
+                   f"{split}_bpb": s["bpb"], f"{split}_tokens": s["tokens"]}
         return {**metrics, "eval": "full"} if split == "val" else metrics
 
     def sampled_eval(self, model, rt: Runtime, step: int, batch_size: int = 64) -> dict:
-        """A cheaper estimate on random windows (data.eval_batches batches), seeded by step."""
+        """A cheaper estimate on random windows (data.eval_batches batches), seeded by step:
+        val_loss and val_bpb, so a target on either is noticed here, then confirmed in full."""
         g = np.random.default_rng([self.seed, step])
         starts = g.integers(0, len(self.val_tokens) - self.block_size - 1, self.cfg.eval_batches * batch_size)
         s = self.score(model, rt, self.val_tokens, [(int(st), self.block_size) for st in starts], batch_size)
-        return {"val_loss": s["nats"] / s["tokens"], "val_bpb": s["text_bits"] / max(s["bytes"], 1.0),
-                "eval": "sampled"}  # val_bpb too, so a target on it is noticed and then confirmed
+        return {"val_loss": s["loss"], "val_bpb": s["bpb"], "eval": "sampled"}
 
     def sample(self, model, rt: Runtime, step: int) -> str:
         tok = self.tokenizer
