@@ -73,6 +73,12 @@ CHAT_BASE_RUNS = {"chat-base": PRECISIONS,  # the recipe; its opt-in, in fp32 at
                   "chat-base base.model.n_embd=192 base.model.smear=true": ("float32",)}
 
 
+def split_spec(spec: str) -> tuple[str, list[str]]:
+    """"recipe key=value ..." as the recipe and its overrides."""
+    recipe, *overrides = spec.split()
+    return recipe, overrides
+
+
 def chat_base_run(out: Path, dtype: str, seed: int, extra: list[str]) -> dict:
     """The chat pipeline's tokenizer and base stages, cold; val_bpb and the stopwatch."""
     return cold_command(["chat-pipeline", "--out", str(out), "--quiet", "--stage", "tokenizer", "--stage", "base",
@@ -146,7 +152,7 @@ def main() -> None:
                          f"{speedup:.2f}x")
             budget = base["stopwatch"] - args.reserve
             for k, spec in enumerate(args.same_wall_recipes if "2" in args.targets else ()):
-                recipe, *extra = spec.split()
+                recipe, extra = split_spec(spec)
                 for dtype in precisions(recipe):
                     s = run(recipe, dtype, [f"train.time_budget={budget:.1f}", *extra], f"same-wall{k}")
                     results.setdefault(("2. val per char at nanoGPT's wall-clock", spec, dtype),
@@ -156,7 +162,7 @@ def main() -> None:
                          f"{s['stopwatch'] / base['stopwatch']:.2f}x its wall")
             if args.ten_minutes:
                 for k, spec in enumerate(args.ten_minute_recipes):
-                    recipe, *extra = spec.split()
+                    recipe, extra = split_spec(spec)
                     for dtype in precisions(recipe):
                         s = run(recipe, dtype, ["train.time_budget=600", *extra], f"ten{k}")
                         results.setdefault(("3. val per char in ten minutes", spec, dtype), []).append(per_char(s))
@@ -165,7 +171,7 @@ def main() -> None:
             if args.chat_base and seed <= (args.chat_base_seeds or args.seeds):
                 for k, (spec, dtypes) in enumerate(CHAT_BASE_RUNS.items()):
                     for dtype in dtypes:
-                        s = chat_base_run(Path(tmp) / f"chat{k}-{dtype}-{seed}", dtype, seed, spec.split()[1:])
+                        s = chat_base_run(Path(tmp) / f"chat{k}-{dtype}-{seed}", dtype, seed, split_spec(spec)[1])
                         results.setdefault(("4. val_bpb", spec, dtype), []).append(s["metrics"]["val_bpb"])
                         show(spec, dtype, seed, s, f"val_bpb {s['metrics']['val_bpb']:.4f}")
     print()
