@@ -1,11 +1,14 @@
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from speedrun.config import ModelConfig, OptimConfig
 from speedrun.model import GPT
-from speedrun.optim import NS_COEFFS, build_optimizer, lr_factor, newton_schulz, param_groups, set_lr
+from speedrun.optim import NS_COEFFS, AdamW, build_optimizer, lr_factor, newton_schulz, param_groups, set_lr
 
 
 def tiny_gpt() -> GPT:
@@ -90,6 +93,66 @@ def test_adamw_weights_move_and_lr_scales():
     model(x, x)[1].backward()
     opt.step()
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def adamw_pair():
+    """The same tiny model twice, one under torch's AdamW, one under ours, same hyper-parameters."""
+    models = [tiny_gpt(), tiny_gpt()]
+    groups = [[dict(params=[p for p in m.parameters() if p.dim() >= 2], weight_decay=0.1),
+               dict(params=[p for p in m.parameters() if p.dim() < 2], weight_decay=0.0)] for m in models]
+    theirs = torch.optim.AdamW(groups[0], lr=3e-3, betas=(0.8, 0.95), eps=1e-8)
+    ours = AdamW(groups[1], betas=(0.8, 0.95), eps=1e-8)
+    for g in ours.param_groups:
+        g["lr"] = 3e-3
+    return models, theirs, ours
+
+
+def train_both(models, optimizers, steps, seed):
+    g = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        x = torch.randint(0, 7, (4, 8), generator=g)
+        for model, opt in zip(models, optimizers):
+            for group in opt.param_groups:
+                group["lr"] = 3e-3 * (1 - step / 10)  # a schedule, as set_lr applies one
+            model(x, x)[1].backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+
+def test_adamw_is_torchs_adamw_update_for_update():
+    models, theirs, ours = adamw_pair()
+    train_both(models, [theirs, ours], 6, seed=0)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+
+def test_adamw_resumes_from_torchs_state_dict_as_torch_would():
+    """Checkpoints written when the trainer used torch's AdamW load into ours and continue alike."""
+    models, theirs, ours = adamw_pair()
+    train_both(models[:1], [theirs], 3, seed=0)
+    models[1].load_state_dict(models[0].state_dict())
+    ours.load_state_dict(theirs.state_dict())
+    assert ours.state_dict()["state"].keys() == theirs.state_dict()["state"].keys()
+    train_both(models, [theirs, ours], 3, seed=1)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="other parameter groups"):
+        ours.load_state_dict({"state": {}, "param_groups": theirs.state_dict()["param_groups"][:1]})
+
+
+def test_training_does_not_import_torch_dynamo(tmp_path):
+    """torch._dynamo costs 1.5 s to import on a CPU; a run that compiles nothing must not pay it."""
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40)
+    code = ("import sys; from speedrun.cli import main; "
+            f"code = main(['train', 'shakespeare-char', '--data', {str(corpus)!r}, '--out', {str(tmp_path / 'run')!r}, "
+            "'--quiet', 'train.steps=4', 'train.eval_every=2', 'model.n_embd=16', 'model.block_size=16', "
+            "'train.batch_size=4', 'data.sample_tokens=5']); "
+            "assert code == 0; print('torch._dynamo' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "SPEEDRUN_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False"
 
 
 def test_schedules():
