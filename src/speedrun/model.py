@@ -73,7 +73,8 @@ class Attention(nn.Module):
         """keep > 0: outputs for the last `keep` positions only (keys and values still for all)."""
         B, T, C = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)
-        qk, v = qkv[:, :, :2], qkv[:, :, 2]  # queries and keys normed and rotated in one go
+        qk, v = qkv.split((2, 1), dim=2)  # queries and keys normed and rotated in one go; split, unlike
+        v = v.squeeze(2)                   # indexing, does not zero-fill a qkv-sized gradient in backward
         if value_embedding is not None:
             v = v + value_embedding.view(B, T, self.n_head, self.head_dim)
         if self.qk_norm:

@@ -26,15 +26,15 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7,
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Approximately orthogonalise g (..., m, n): its singular values go to ~1."""
     a, b, c = NS_COEFFS
-    x = g.to(dtype)
+    x = g.to(dtype).reshape(-1, *g.shape[-2:])  # a batch of matrices, as baddbmm wants
     tall = x.size(-2) > x.size(-1)
     if tall:
         x = x.mT
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)
-    for _ in range(steps):
+    for _ in range(steps):  # x <- a x + (b G + c G G) x with G = x x^T; baddbmm fuses each scaling into its matmul
         gram = x @ x.mT
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x.mT if tall else x).to(g.dtype)
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return (x.mT if tall else x).to(g.dtype).reshape(g.shape)
 
 
 def ns_dtype(p: torch.Tensor, compute_dtype: torch.dtype) -> torch.dtype:
