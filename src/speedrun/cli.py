@@ -7,6 +7,7 @@ starting with `error:` and exit with code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
 import sys
@@ -340,3 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def entry() -> None:
+    """The `speedrun` command: main, then exit. Freezing the heap first spares the interpreter's
+    final garbage collections a walk over torch's objects: ~0.4 s of every command's wall-clock."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
