@@ -164,6 +164,20 @@ def test_sampled_estimate_is_labelled_and_confirmed_before_target(tmp_path, corp
     assert evals[:2] == ["sampled", "full"] and summary["stopped_by"] == "target"
 
 
+def test_a_run_stopped_at_its_confirmed_target_scores_val_once(tmp_path, corpus):
+    """The final report reuses the whole-split evaluation that confirmed the target at that step."""
+    t = make_trainer(tmp_path, corpus, "train.steps=50", "train.eval_every=5", "train.target_val_loss=20.0",
+                     "data.eval_batches=1")
+    scored = []
+    full_eval = t.task.full_eval
+    t.task.full_eval = lambda model, rt, split="val": scored.append(split) or full_eval(model, rt, split)
+    summary = t.train()
+    assert summary["stopped_by"] == "target" and scored == ["val", "test"]
+    records = [json.loads(x) for x in (t.run.path / "metrics.jsonl").read_text().splitlines()]
+    confirmed, final = [r for r in records if r.get("eval") == "full"]
+    assert final["val_loss"] == confirmed["val_loss"] == summary["metrics"]["val_loss"] and "test_loss" in final
+
+
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, corpus, monkeypatch):
     args = ("train.steps=24", "train.eval_every=8", "optim.name=muon", "model.dropout=0.1")
     whole = make_trainer(tmp_path, corpus, *args, name="whole").train()

@@ -212,7 +212,7 @@ class Trainer:
         self.record(metrics)
         if self.reached_target(metrics) and metrics.get("eval") == "sampled":
             with self.eval_clock:
-                metrics = self.task.full_evaluate(self.model, self.rt)
+                metrics = self.task.full_evaluate(self.model, self.rt, self.step)
             self.record(metrics)
 
     def reached_target(self, metrics: dict) -> bool:

@@ -49,9 +49,9 @@ class Task:
         (the task's exhaustive check passed) and `sample` (text for samples.txt)."""
         raise NotImplementedError
 
-    def full_evaluate(self, model, rt: Runtime) -> dict:
-        """The whole validation split, to confirm a sampled estimate."""
-        return self.evaluate(model, rt, step=-1)
+    def full_evaluate(self, model, rt: Runtime, step: int) -> dict:
+        """The whole validation split at `step`, to confirm a sampled estimate."""
+        return self.evaluate(model, rt, step)
 
     def final_metrics(self, model, rt: Runtime, step: int) -> dict:
         """The evaluation that ends a run and goes into summary.json."""

@@ -91,6 +91,7 @@ class TextTask(Task):
         self.token_bytes = token_byte_lengths(self.tokenizer)
         self.windows_seen = 0  # data position for epoch-style passes
         self._order_epoch, self._order = -1, None  # the shuffle of the current epoch
+        self.last_full_val: tuple[int, dict] | None = None  # (step, metrics) of the last whole-split val
 
     # --- training data -------------------------------------------------
     def planned_steps(self, tokens_per_step: int) -> int | None:
@@ -158,8 +159,11 @@ class TextTask(Task):
         return {**total, "loss": total["nats"] / total["tokens"],
                 "bpb": total["text_bits"] / max(total["bytes"], 1.0)}
 
-    def full_evaluate(self, model, rt: Runtime) -> dict:
-        return self.full_eval(model, rt)
+    def full_evaluate(self, model, rt: Runtime, step: int) -> dict:
+        """The whole validation split, kept with its step: a run that stops at the step where it
+        confirmed its target reports that evaluation instead of scoring the same weights again."""
+        self.last_full_val = (step, self.full_eval(model, rt))
+        return self.last_full_val[1]
 
     def full_eval(self, model, rt: Runtime, split: str = "val") -> dict:
         """The whole split scored: {split}_loss, _perplexity, _bpb and _tokens."""
@@ -191,14 +195,20 @@ class TextTask(Task):
         """The whole split (always when final), or the sampled estimate; a text sample goes
         with the whole split only, so frequent quick estimates do not pay for generation."""
         full = final or not self.cfg.eval_batches
-        metrics = self.full_eval(model, rt) if full else self.sampled_eval(model, rt, step)
+        metrics = self.full_evaluate(model, rt, step) if full else self.sampled_eval(model, rt, step)
         if self.cfg.sample_tokens and full:
             metrics["sample"] = self.sample(model, rt, step)
         return metrics
 
     def final_metrics(self, model, rt: Runtime, step: int) -> dict:
-        """The whole validation split, and the test split when there is one (only here)."""
-        metrics = self.evaluate(model, rt, step, final=True)
+        """The whole validation split (the one already scored at this step, if any), a text
+        sample, and the test split when there is one (only here)."""
+        if self.last_full_val is not None and self.last_full_val[0] == step:
+            metrics = dict(self.last_full_val[1])
+            if self.cfg.sample_tokens:
+                metrics["sample"] = self.sample(model, rt, step)
+        else:
+            metrics = self.evaluate(model, rt, step, final=True)
         if self.test_tokens is not None:
             metrics.update(self.full_eval(model, rt, "test"))
         return metrics
