@@ -182,6 +182,17 @@ def test_tiny_pipeline_runs_end_to_end_and_skips_finished_stages(tmp_path, line_
     assert main(["report", str(out)]) == 0
 
 
+def test_pipeline_stages_pick_their_precision_as_speedrun_train_does(tmp_path, line_corpus, monkeypatch):
+    """dtype=auto weighs the model's width: a narrow model stays fp32 even on a CPU with native bf16."""
+    from speedrun import device
+
+    monkeypatch.setattr(device, "native_bf16", lambda device_type: True)
+    out = tmp_path / "chat"
+    assert main(["chat-pipeline", "--out", str(out), "--data", str(line_corpus), "--quiet", "--stage", "tokenizer",
+                 "--stage", "base", *TINY]) == 0
+    assert json.loads((out / "base" / "summary.json").read_text())["dtype"] == "float32"
+
+
 def test_pipeline_rejects_unknown_keys_before_any_work(tmp_path):
     assert main(["chat-pipeline", "--out", str(tmp_path / "p"), "vocab_sise=3"]) == 2
     assert main(["chat-pipeline", "--out", str(tmp_path / "p"), "base.train.stepz=3"]) == 2

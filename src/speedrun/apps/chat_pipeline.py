@@ -192,7 +192,7 @@ class Pipeline:
 
                 shutil.rmtree(run.path)  # a start that wrote no checkpoint: begin again
             run = RunDir.create(cfg, str(run.path))
-        rt = setup_runtime(cfg.device, cfg.dtype)
+        rt = setup_runtime(cfg.device, cfg.dtype, cfg.model.n_embd)  # auto weighs the width, as `speedrun train` does
         summary = train(cfg, run, rt, progress=self.progress, resume=resume)
         keep = ("val_loss", "val_bpb")
         return {"train_seconds": summary["train_seconds"], "steps": summary["steps"],
