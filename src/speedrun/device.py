@@ -26,9 +26,10 @@ from .config import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# Measured on a Zen 4 EPYC with AVX-512 BF16: a training step of width 128 runs at 0.67x
-# fp32's speed under bf16 autocast (casts outweigh the faster matmuls), width 256 at ~2x.
-CPU_BF16_MIN_WIDTH = 256
+# Measured on a Zen 4 EPYC with AVX-512 BF16: a `shakespeare-char` step (width 128) runs at 0.67x
+# fp32's speed under bf16 autocast (casts outweigh the faster matmuls); `chat-base`'s 4 x 192 at
+# 1.40-1.51x and round one's 4 x 256 at 1.52-1.64x (context 256, batch 16).
+CPU_BF16_MIN_WIDTH = 192
 
 
 @dataclass(frozen=True)

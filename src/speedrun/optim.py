@@ -15,11 +15,13 @@ import torch
 import torch.nn as nn
 
 from .config import OptimConfig
-from .device import CPU_BF16_MIN_WIDTH
 
 # Coefficients of the quintic Newton-Schulz iteration tuned for speed of
 # convergence of singular values towards 1 (Keller Jordan's Muon write-up).
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
+# On a CPU, Newton-Schulz runs in bf16 only for matrices at least this large in both dimensions:
+# even native bf16 matmuls run slower below it (measured on Zen 4: 3x slower at 96x32 and at 384x128).
+CPU_NS_BF16_MIN_SIZE = 256
 
 
 def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7,
@@ -40,9 +42,9 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7,
 def ns_dtype(p: torch.Tensor, compute_dtype: torch.dtype) -> torch.dtype:
     """The dtype of Newton-Schulz for p: the run's matmul dtype (`Runtime.dtype`, bf16
     only where the hardware runs it natively: emulated bf16 made Muon 6.5x slower than
-    AdamW on a CPU without AVX-512), except fp32 for small matrices on a CPU, where even
-    native bf16 matmuls of that size run slower (measured: 3x slower at 96x32, and at 384x128)."""
-    if compute_dtype == torch.float32 or (p.device.type == "cpu" and min(p.shape) < CPU_BF16_MIN_WIDTH):
+    AdamW on a CPU without AVX-512), except fp32 for small matrices on a CPU
+    (CPU_NS_BF16_MIN_SIZE)."""
+    if compute_dtype == torch.float32 or (p.device.type == "cpu" and min(p.shape) < CPU_NS_BF16_MIN_SIZE):
         return torch.float32
     return compute_dtype
 
