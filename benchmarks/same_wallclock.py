@@ -48,12 +48,12 @@ def cold_run(recipe: str, data: Path, out: Path, extra: list[str]) -> dict:
                          "--data", str(data), "--out", str(out), "--quiet"], out, out / "summary.json")
 
 
-def resolves_to_fp32(recipe: str) -> bool:
+def resolves_to_fp32(recipe: str, overrides: list[str] = ()) -> bool:
     """Whether dtype=auto trains this recipe in fp32 on this machine (as on a CPU without native bf16)."""
     from speedrun.config import load_config
     from speedrun.device import setup_runtime
 
-    cfg = load_config(recipe)
+    cfg = load_config(recipe, overrides)
     return setup_runtime("cpu", "auto", cfg.model.n_embd).dtype_name == "float32"
 
 

@@ -22,8 +22,8 @@ over the characters the tokens stand for. Each round is one seed and runs:
    argument ("shakespeare-bpe-long model.dropout=0");
 5. with `--chat-base`: the chat pipeline's tokenizer and base stages (target:
    val_bpb <= 1.40 in the stage's 7-minute budget), for the first
-   `--chat-base-seeds` seeds; and the opt-in 4 x 192 with smear (fp32: `auto`
-   picks it at that width on any CPU), which a chat model that must export lacks.
+   `--chat-base-seeds` seeds; in the first, also round one's 4 x 256 shape with 4
+   heads and an MLP x4, the ablation of the recipe's 4 x 192, 3 heads, MLP x3.
 
 Runs 2-5 are made with `dtype=auto` (bf16 where this CPU has it natively) and
 `dtype=float32` (what a CPU without native bf16 gets); where `auto` picks fp32
@@ -69,14 +69,20 @@ def per_char(s: dict, split: str = "val") -> float:
     return s["metrics"][f"{split}_bpb"] * math.log(2)
 
 
-CHAT_BASE_RUNS = {"chat-base": PRECISIONS,  # the recipe; its opt-in, in fp32 at width 192 on any CPU
-                  "chat-base base.model.n_embd=192 base.model.smear=true": ("float32",)}
-
-
 def split_spec(spec: str) -> tuple[str, list[str]]:
     """"recipe key=value ..." as the recipe and its overrides."""
     recipe, *overrides = spec.split()
     return recipe, overrides
+
+
+CHAT_BASE_RUNS = ("chat-base",  # the recipe, then its ablation (first seed only): round one's shape
+                  "chat-base base.model.n_embd=256 base.model.n_head=4 base.model.mlp_ratio=4")
+
+
+def chat_precisions(spec: str) -> list[str]:
+    """The precisions a chat-pipeline spec is run in: one, when `auto` picks fp32 here anyway."""
+    base = [o.removeprefix("base.") for o in split_spec(spec)[1] if o.startswith("base.")]
+    return ["float32"] if resolves_to_fp32("chat-base", base) else list(PRECISIONS)
 
 
 def chat_base_run(out: Path, dtype: str, seed: int, extra: list[str]) -> dict:
@@ -169,8 +175,8 @@ def main() -> None:
                         show(f"{spec} 600 s", dtype, seed, s,
                              f"val {per_char(s):.4f}/char (test {per_char(s, 'test'):.4f})")
             if args.chat_base and seed <= (args.chat_base_seeds or args.seeds):
-                for k, (spec, dtypes) in enumerate(CHAT_BASE_RUNS.items()):
-                    for dtype in dtypes:
+                for k, spec in enumerate(CHAT_BASE_RUNS if seed == 1 else CHAT_BASE_RUNS[:1]):
+                    for dtype in chat_precisions(spec):
                         s = chat_base_run(Path(tmp) / f"chat{k}-{dtype}-{seed}", dtype, seed, split_spec(spec)[1])
                         results.setdefault(("4. val_bpb", spec, dtype), []).append(s["metrics"]["val_bpb"])
                         show(spec, dtype, seed, s, f"val_bpb {s['metrics']['val_bpb']:.4f}")
