@@ -115,7 +115,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--reserve", type=float, default=8.0,
+    # A run's command ends 1.6-1.9 s after its time budget (final evaluation and exit, measured on
+    # shakespeare-char-long and shakespeare-bpe); 4 s keeps it inside the baseline's wall-clock.
+    parser.add_argument("--reserve", type=float, default=4.0,
                         help="seconds of the baseline's wall-clock kept for the final evaluation and exit")
     parser.add_argument("--targets", default="1,2", help="which of targets 1 (time to 1.8857) and 2 (loss at "
                         "nanoGPT's wall-clock) to run; the baseline always runs")
