@@ -160,10 +160,11 @@ class TextTask(Task):
                 "bpb": total["text_bits"] / max(total["bytes"], 1.0)}
 
     def full_evaluate(self, model, rt: Runtime, step: int) -> dict:
-        """The whole validation split, kept with its step: a run that stops at the step where it
-        confirmed its target reports that evaluation instead of scoring the same weights again."""
-        self.last_full_val = (step, self.full_eval(model, rt))
-        return self.last_full_val[1]
+        """The whole validation split, scored once per step: a run that stops at the step where
+        it confirmed its target reports that evaluation instead of scoring the same weights again."""
+        if self.last_full_val is None or self.last_full_val[0] != step:
+            self.last_full_val = (step, self.full_eval(model, rt))
+        return dict(self.last_full_val[1])  # a copy: callers add the sample and the test split
 
     def full_eval(self, model, rt: Runtime, split: str = "val") -> dict:
         """The whole split scored: {split}_loss, _perplexity, _bpb and _tokens."""
@@ -201,14 +202,8 @@ class TextTask(Task):
         return metrics
 
     def final_metrics(self, model, rt: Runtime, step: int) -> dict:
-        """The whole validation split (the one already scored at this step, if any), a text
-        sample, and the test split when there is one (only here)."""
-        if self.last_full_val is not None and self.last_full_val[0] == step:
-            metrics = dict(self.last_full_val[1])
-            if self.cfg.sample_tokens:
-                metrics["sample"] = self.sample(model, rt, step)
-        else:
-            metrics = self.evaluate(model, rt, step, final=True)
+        """The whole validation split, and the test split when there is one (only here)."""
+        metrics = self.evaluate(model, rt, step, final=True)
         if self.test_tokens is not None:
             metrics.update(self.full_eval(model, rt, "test"))
         return metrics
