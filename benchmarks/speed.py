@@ -81,10 +81,14 @@ CHAT_BASE_RUNS = {"chat-base": None,
                   "chat-base base.model.n_embd=256 base.model.n_head=4 base.model.mlp_ratio=4": ["float32"]}
 
 
+def precisions(recipe: str, overrides: list[str] = ()) -> list[str]:
+    """The precisions a recipe is run in: one, when `auto` picks fp32 here anyway."""
+    return ["float32"] if resolves_to_fp32(recipe, overrides) else list(PRECISIONS)
+
+
 def chat_precisions(spec: str) -> list[str]:
-    """The precisions a chat-pipeline spec is run in: one, when `auto` picks fp32 here anyway."""
-    base = [o.removeprefix("base.") for o in split_spec(spec)[1] if o.startswith("base.")]
-    return ["float32"] if resolves_to_fp32("chat-base", base) else list(PRECISIONS)
+    """The same for a chat-pipeline spec, whose base-stage overrides start with `base.`."""
+    return precisions("chat-base", [o.removeprefix("base.") for o in split_spec(spec)[1] if o.startswith("base.")])
 
 
 def chat_base_run(out: Path, dtype: str, seed: int, extra: list[str]) -> dict:
@@ -135,9 +139,6 @@ def main() -> None:
     print(describe())
     print(f"{'run':<66} {'seed':>4} {'stopwatch':>9} {'steps':>6} {'tok/s':>9} {'comp_s':>6} {'dtype':>9}  figure")
 
-    def precisions(recipe: str) -> list[str]:
-        return ["float32"] if resolves_to_fp32(recipe) else list(PRECISIONS)
-
     results: dict[tuple[str, str, str], list[float]] = {}
     base_walls, base_vals = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,7 +152,7 @@ def main() -> None:
             base_vals.append(base["metrics"]["val_loss"])
             show("nanogpt-cpu", "float32", seed, base, f"val {base['metrics']['val_loss']:.4f}")
             for label, (recipe, extra) in (TO_TARGET.items() if "1" in args.targets else ()):
-                for dtype in precisions(recipe):
+                for dtype in precisions(recipe, extra):
                     s = run(recipe, dtype, extra, label)
                     reached = s["time_to_target"] is not None
                     speedup = base["stopwatch"] / s["stopwatch"] if reached else 0.0
@@ -163,7 +164,7 @@ def main() -> None:
             budget = base["stopwatch"] - args.reserve
             for k, spec in enumerate(args.same_wall_recipes if "2" in args.targets else ()):
                 recipe, extra = split_spec(spec)
-                for dtype in precisions(recipe):
+                for dtype in precisions(recipe, extra):
                     s = run(recipe, dtype, [f"train.time_budget={budget:.1f}", *extra], f"same-wall{k}")
                     results.setdefault(("2. val per char at nanoGPT's wall-clock", spec, dtype),
                                        []).append(per_char(s))
@@ -173,7 +174,7 @@ def main() -> None:
             if args.ten_minutes:
                 for k, spec in enumerate(args.ten_minute_recipes):
                     recipe, extra = split_spec(spec)
-                    for dtype in precisions(recipe):
+                    for dtype in precisions(recipe, extra):
                         s = run(recipe, dtype, ["train.time_budget=600", *extra], f"ten{k}")
                         results.setdefault(("3. val per char in ten minutes", spec, dtype), []).append(per_char(s))
                         show(f"{spec} 600 s", dtype, seed, s,
