@@ -56,6 +56,9 @@ BPE = ["data.tokenizer=bpe", "data.vocab_size=1024"]
 TO_TARGET = {"characters": ("shakespeare-char", [f"train.target_val_loss={NANOGPT_LOSS}"]),
              "characters, ablation: smear off": ("shakespeare-char", [f"train.target_val_loss={NANOGPT_LOSS}",
                                                                       "model.smear=false"]),
+             "characters, ablation: round one's optimizer": ("shakespeare-char", [
+                 f"train.target_val_loss={NANOGPT_LOSS}", "optim.lr=5e-3", "optim.muon_lr=0.05",
+                 "optim.warmdown_fraction=0.4"]),
              "BPE 1024": ("shakespeare-char", [*BPE, "train.eval_every=25", "data.eval_batches=0",
                                                f"train.target_val_bpb={NANOGPT_LOSS / math.log(2):.4f}"])}
 SAME_WALL_RECIPES = ("shakespeare-char-long", "shakespeare-char-long model.smear=false",  # the recipe, its ablations
