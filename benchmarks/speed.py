@@ -9,8 +9,9 @@ over the characters the tokens stand for. Each round is one seed and runs:
 
 1. `nanogpt-cpu`, the baseline: its stopwatch and val loss;
 2. time to nanoGPT's 1.8857 per character, stopping at the first evaluation at
-   or below it: `shakespeare-char` (characters), its ablation without smear, and
-   `shakespeare-char` on a 1024-token BPE vocabulary; the baseline's stopwatch
+   or below it: `shakespeare-char` (characters), its ablations (without smear;
+   with round one's optimizer settings), and `shakespeare-char` on a 1024-token
+   BPE vocabulary; the baseline's stopwatch
    over each (target: 10x);
 3. loss at the baseline's wall-clock: `shakespeare-char-long`, its ablations
    (smear off; batch 128, the round-one batch) and `shakespeare-bpe`, given the
@@ -27,8 +28,10 @@ over the characters the tokens stand for. Each round is one seed and runs:
 
 Runs 2-5 are made with `dtype=auto` (bf16 where this CPU has it natively) and
 `dtype=float32` (what a CPU without native bf16 gets); where `auto` picks fp32
-on this CPU anyway, one run stands for both. Printed: one line per run, then
-per target, recipe and precision the median and range over seeds, met or missed.
+on this CPU anyway, one run stands for both. Printed: one line per run (the
+stopwatch, then the run's own setup, training and evaluation clocks from its
+summary; the rest of the stopwatch is imports and exit), then per target, recipe
+and precision the median and range over seeds, met or missed.
 
     python benchmarks/speed.py [--seeds 3] [--targets 1,2] [--ten-minutes] [--chat-base [--chat-base-seeds 1]]
 """
@@ -102,7 +105,8 @@ def chat_base_run(out: Path, dtype: str, seed: int, extra: list[str]) -> dict:
 
 def show(label: str, dtype: str, seed: int, s: dict, figure: str) -> None:
     label = f"{label} dtype={dtype}"
-    print(f"{label:<66} {seed:>4} {s['stopwatch']:>9.1f} {s['steps']:>6} {s['tokens_per_second']:>9,.0f} "
+    clocks = " ".join(f"{s.get(k, 0.0):>6.1f}" for k in ("setup_seconds", "train_seconds", "eval_seconds"))
+    print(f"{label:<66} {seed:>4} {s['stopwatch']:>9.1f} {clocks} {s['steps']:>6} {s['tokens_per_second']:>9,.0f} "
           f"{s['compile_seconds']:>6.1f} {s['dtype']:>9}  {figure}", flush=True)
 
 
@@ -140,7 +144,8 @@ def main() -> None:
     if not args.data.is_file():
         sys.exit(f"error: {args.data} not found; pass --data PATH to tinyshakespeare.txt")
     print(describe())
-    print(f"{'run':<66} {'seed':>4} {'stopwatch':>9} {'steps':>6} {'tok/s':>9} {'comp_s':>6} {'dtype':>9}  figure")
+    print(f"{'run':<66} {'seed':>4} {'stopwatch':>9} {'setup':>6} {'train':>6} {'eval':>6} {'steps':>6} "
+          f"{'tok/s':>9} {'comp_s':>6} {'dtype':>9}  figure")
 
     results: dict[tuple[str, str, str], list[float]] = {}
     base_walls, base_vals = [], []
