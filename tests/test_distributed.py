@@ -44,7 +44,7 @@ def test_two_processes_match_one_and_resume_across(tmp_path, line_corpus):
     # A one-process run stopped part-way resumes under two processes and ends where the others did.
     # The signal races the run's last 20 steps (a fraction of a second), so a run that finished
     # before it arrived is started again; every attempt must end either stopped (130) or done (0).
-    for attempt in range(5):
+    for _ in range(5):
         shutil.rmtree(part, ignore_errors=True)
         p = subprocess.Popen(launch(1, "train", "shakespeare-char", "--data", str(line_corpus), "--out", str(part),
                                     *ARGS), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
