@@ -56,12 +56,11 @@ TEN_MINUTES = 1.4697  # nanoGPT's val loss for its GPU recipe on an A100
 CHAT_BPB = 1.40
 PRECISIONS = ("auto", "float32")
 BPE = ["data.tokenizer=bpe", "data.vocab_size=1024"]
-TO_TARGET = {"characters": ("shakespeare-char", [f"train.target_val_loss={NANOGPT_LOSS}"]),
-             "characters, ablation: smear off": ("shakespeare-char", [f"train.target_val_loss={NANOGPT_LOSS}",
-                                                                      "model.smear=false"]),
+TO_NANOGPT_LOSS = f"train.target_val_loss={NANOGPT_LOSS}"
+TO_TARGET = {"characters": ("shakespeare-char", [TO_NANOGPT_LOSS]),
+             "characters, ablation: smear off": ("shakespeare-char", [TO_NANOGPT_LOSS, "model.smear=false"]),
              "characters, ablation: round one's optimizer": ("shakespeare-char", [
-                 f"train.target_val_loss={NANOGPT_LOSS}", "optim.lr=5e-3", "optim.muon_lr=0.05",
-                 "optim.warmdown_fraction=0.4"]),
+                 TO_NANOGPT_LOSS, "optim.lr=5e-3", "optim.muon_lr=0.05", "optim.warmdown_fraction=0.4"]),
              "BPE 1024": ("shakespeare-char", [*BPE, "train.eval_every=25", "data.eval_batches=0",
                                                f"train.target_val_bpb={NANOGPT_LOSS / math.log(2):.4f}"])}
 SAME_WALL_RECIPES = ("shakespeare-char-long", "shakespeare-char-long model.smear=false",  # the recipe, its ablations
@@ -105,7 +104,7 @@ def chat_base_run(out: Path, dtype: str, seed: int, extra: list[str]) -> dict:
 
 def show(label: str, dtype: str, seed: int, s: dict, figure: str) -> None:
     label = f"{label} dtype={dtype}"
-    clocks = " ".join(f"{s.get(k, 0.0):>6.1f}" for k in ("setup_seconds", "train_seconds", "eval_seconds"))
+    clocks = " ".join(f"{s[k]:>6.1f}" for k in ("setup_seconds", "train_seconds", "eval_seconds"))
     print(f"{label:<66} {seed:>4} {s['stopwatch']:>9.1f} {clocks} {s['steps']:>6} {s['tokens_per_second']:>9,.0f} "
           f"{s['compile_seconds']:>6.1f} {s['dtype']:>9}  {figure}", flush=True)
 
