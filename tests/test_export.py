@@ -91,14 +91,15 @@ def assert_same_model(model: GPT, out, pad_id: int) -> float:
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_bundled_recipes_export_to_transformers_with_the_same_logits(recipe, char_tok, chat_tok, tmp_path):
-    """Recipes that smear (a speed record's option) are refused, naming the setting; trained
-    with it off, they export like the rest."""
+    """Recipes that smear or add a bigram embedding (speed records' options) are refused,
+    naming the setting; trained with them off, they export like the rest."""
     cfg = load_config(recipe)
     tok = chat_tok if recipe.startswith("chat") else char_tok
-    if cfg.model.smear:
-        with pytest.raises(ConfigError, match="model.smear=false"):
-            hf_architecture(cfg.model)
-        cfg.model.smear = False
+    for option in ("smear", "bigram"):
+        if getattr(cfg.model, option):
+            with pytest.raises(ConfigError, match=f"model.{option}=false"):
+                hf_architecture(cfg.model)
+            setattr(cfg.model, option, False)
     cfg.model = shrunk(cfg.model, tok.vocab_size)
     model = random_model(cfg.model)
     result = export_run(make_run(tmp_path / "run", cfg, model, tok), tmp_path / "hf")
@@ -124,6 +125,7 @@ def test_every_mapping_option_exports_exactly(changes, char_tok, tmp_path):
     ({"pos": "rope", "norm": "rmsnorm", "qk_norm": True, "logit_softcap": 15.0}, "model.logit_softcap=0"),
     ({"pos": "rope", "norm": "rmsnorm", "qk_norm": True, "smear": True}, "model.smear=false"),
     ({"pos": "rope", "norm": "rmsnorm", "value_embeddings": True}, "model.value_embeddings=false"),
+    ({"pos": "rope", "norm": "rmsnorm", "bigram": True}, "model.bigram=false"),
     ({"pos": "rope", "norm": "layernorm"}, "model.norm='rmsnorm'"),
     ({"pos": "learned", "norm": "rmsnorm"}, "model.norm='layernorm'"),
     ({"pos": "rope", "norm": "rmsnorm", "qk_norm": True, "bias": True}, "model.bias=false"),
@@ -228,7 +230,7 @@ def test_gguf_export_of_a_gpt2_style_run_reads_back_exactly(char_tok, tmp_path, 
     assert capsys.readouterr().out == from_gguf
     # Modern blocks and non-ASCII character vocabularies are refused, naming the way out.
     cfg = load_config("shakespeare-char")
-    cfg.model = shrunk(cfg.model, ascii_tok.vocab_size, smear=False)
+    cfg.model = shrunk(cfg.model, ascii_tok.vocab_size, smear=False, bigram=False)
     run = make_run(tmp_path / "modern", cfg, random_model(cfg.model), ascii_tok)
     with pytest.raises(ConfigError, match="--to hf"):
         export_run(run, tmp_path / "refused", to="gguf")

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from speedrun.config import ModelConfig
+from speedrun.config import ConfigError, ModelConfig
 from speedrun.model import GPT, generate, sample_next
 
 VARIANTS = [
@@ -12,6 +12,8 @@ VARIANTS = [
          tie_embeddings=False, logit_softcap=15.0),
     dict(pos="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, zero_init_proj=True, smear=True,
          value_embeddings=True),
+    dict(pos="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, zero_init_proj=True, smear=True, bigram=True),
+    dict(bigram=True, zero_init_proj=True),  # without smear: the bigram's carry is the cache's only look-back
 ]
 
 
@@ -57,6 +59,22 @@ def test_smear_adds_a_learned_share_of_the_previous_embedding():
     torch.testing.assert_close(out[:, 0], x[:, 0])  # the first position has nothing to look back at
     torch.testing.assert_close(out[:, 1:], x[:, 1:] + w * x[:, :-1])
     assert torch.equal(GPT(ModelConfig(vocab_size=11, smear=True)).smear.weight, torch.zeros(64))  # starts off
+
+
+def test_bigram_adds_the_row_of_each_previous_and_current_pair():
+    model = tiny(bigram=True)
+    table = model.bigram.table.weight.detach()
+    assert table.shape == (11 * 12, 32)
+    idx = torch.tensor([[3, 7, 7, 0]])
+    out = model.bigram(idx)
+    torch.testing.assert_close(out[0, 0], table[11 * 11 + 3])  # nothing before: a row of its own
+    torch.testing.assert_close(out[0, 1:], table[torch.tensor([3 * 11 + 7, 7 * 11 + 7, 7 * 11 + 0])])
+    assert not GPT(ModelConfig(vocab_size=11, bigram=True)).bigram.table.weight.any()  # starts off
+
+
+def test_bigram_refuses_a_large_vocabulary():
+    with pytest.raises(ConfigError, match="model.bigram=false"):
+        GPT(ModelConfig(vocab_size=1024, bigram=True))
 
 
 def test_loss_ignores_masked_targets():

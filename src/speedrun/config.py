@@ -44,6 +44,7 @@ class ModelConfig:
     zero_init_proj: bool = False
     logit_softcap: float = 0.0  # 0 disables soft-capping
     smear: bool = False  # add a learned share of the previous token's embedding to each token's
+    bigram: bool = False  # add a learned embedding of each (previous, current) token pair (vocabularies <= 256)
     value_embeddings: bool = False  # each block adds a second embedding of the token to its attention values
 
 

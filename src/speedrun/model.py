@@ -4,7 +4,9 @@ GPT-2 style: learned positions, LayerNorm, GELU MLP, tied embeddings.
 Modern options: rotary positions, RMSNorm, QK-norm, ReLU^2 MLP, zero-initialised
 output projections (each block starts as the identity), untied head, logit
 soft-capping, "smear" (a learned share of the previous token's embedding added
-to each token's, a one-token look-back before any attention) and value embeddings
+to each token's, a one-token look-back before any attention), a bigram embedding
+(a learned vector for each pair of previous and current token, for small
+vocabularies such as characters) and value embeddings
 (a second embedding of each token, per block, added to that block's attention
 values). Attention always goes through `scaled_dot_product_attention`, so
 CUDA gets flash attention and the CPU its fused kernel.
@@ -19,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 
 IGNORE_INDEX = -100  # a target that does not count in the loss (the prompt, padding, a user's turn)
 
@@ -143,6 +145,32 @@ class Smear(nn.Module):
         return x + self.weight.to(x.dtype) * previous
 
 
+class Bigram(nn.Module):
+    """A learned vector for each (previous, current) token pair, zero at the start (the
+    model begins as without it): a one-layer model gets the pair's statistics from a
+    table instead of computing them. vocab x (vocab + 1) rows: the extra previous
+    token is "nothing before", at the first position of a sequence; under a KV cache
+    `last` carries the previous chunk's final token across calls."""
+
+    MAX_VOCAB = 256  # 65,792 rows; a BPE vocabulary of 1,024 would need a million
+
+    def __init__(self, vocab_size: int, dim: int):
+        super().__init__()
+        if vocab_size > self.MAX_VOCAB:
+            raise ConfigError(f"model.bigram = true needs a vocabulary of at most {self.MAX_VOCAB} tokens "
+                             f"(characters or bytes), this one has {vocab_size}; use model.bigram=false")
+        self.vocab_size = vocab_size
+        self.table = nn.Embedding(vocab_size * (vocab_size + 1), dim)
+
+    def forward(self, idx, last=None):
+        previous = F.pad(idx[:, :-1], (1, 0), value=self.vocab_size)
+        if last:
+            previous = torch.cat((last[0], previous[:, 1:]), dim=1)
+        if last is not None:
+            last[:] = [idx[:, -1:]]
+        return self.table(previous * self.vocab_size + idx)
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -152,6 +180,7 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
         self.smear = Smear(cfg.n_embd) if cfg.smear else None
+        self.bigram = Bigram(cfg.vocab_size, cfg.n_embd) if cfg.bigram else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.value_embeds = (nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.n_embd) for _ in range(cfg.n_layer))
@@ -165,6 +194,8 @@ class GPT(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init)
+        if self.bigram is not None:
+            nn.init.zeros_(self.bigram.table.weight)
         for block in self.blocks:  # residual projections: GPT-2's depth scaling, or zero
             for proj in (block.attn.proj, block.mlp.proj):
                 if cfg.zero_init_proj:
@@ -196,8 +227,11 @@ class GPT(nn.Module):
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
+        look_backs = iter(cache[len(self.blocks):] if cache is not None else ())
         if self.smear is not None:
-            x = self.smear(x, cache[-1] if cache is not None else None)
+            x = self.smear(x, next(look_backs, None))
+        if self.bigram is not None:
+            x = x + self.bigram(idx, next(look_backs, None))
         x = self.drop(x)
         rotary = (self.rope_cos, self.rope_sin) if self.cfg.pos == "rope" else None
         for i, block in enumerate(self.blocks):
@@ -215,8 +249,10 @@ class GPT(nn.Module):
         return logits, loss
 
     def new_cache(self) -> list[list]:
-        """One [k, v] list per block, then the smear's last embedding if the model smears."""
-        return [[] for _ in self.blocks] + ([[]] if self.smear is not None else [])
+        """One [k, v] list per block, then the look-backs' carry: the smear's last embedding
+        and the bigram's last token, for those the model has."""
+        look_backs = [m for m in (self.smear, self.bigram) if m is not None]
+        return [[] for _ in self.blocks] + [[] for _ in look_backs]
 
 
 @contextlib.contextmanager

@@ -53,6 +53,9 @@ def hf_architecture(m: ModelConfig) -> str:
     if m.smear:
         raise ConfigError("model.smear = true (a look-back to the previous token's embedding) has no counterpart "
                           "in transformers; train with model.smear=false")
+    if m.bigram:
+        raise ConfigError("model.bigram = true (an embedding of each pair of tokens) has no counterpart in "
+                          "transformers; train with model.bigram=false")
     if m.value_embeddings:
         raise ConfigError("model.value_embeddings = true has no counterpart in transformers; "
                           "train with model.value_embeddings=false")
