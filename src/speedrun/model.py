@@ -158,7 +158,7 @@ class Bigram(nn.Module):
         super().__init__()
         if vocab_size > self.MAX_VOCAB:
             raise ConfigError(f"model.bigram = true needs a vocabulary of at most {self.MAX_VOCAB} tokens "
-                             f"(characters or bytes), this one has {vocab_size}; use model.bigram=false")
+                              f"(characters or bytes), this one has {vocab_size}; use model.bigram=false")
         self.vocab_size = vocab_size
         self.table = nn.Embedding(vocab_size * (vocab_size + 1), dim)
 
