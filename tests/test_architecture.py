@@ -13,7 +13,7 @@ PACKAGE = Path(speedrun.__file__).parent
 
 # lowest first; a name ending in "." is a package prefix
 LAYERS = [
-    ("foundation", ["config", "device", "clock", "checkpoint", "tokenizer", "sources", "data", "flops",
+    ("foundation", ["config", "device", "clock", "checkpoint", "tokenizer", "data", "data.", "flops",
                     "distributed", "model", "optim", "progress", "rundir", "metrics_log", "compilation", "step"]),
     ("tasks and conversations", ["tasks", "tasks.", "chat", "chat.template", "chat.items", "chat.conversations",
                                  "chat.identity", "chat.user_conversations",

@@ -1,20 +1,21 @@
-"""speedrun.data: splitting documents into train, validation and test, tokenizers, the token cache."""
+"""speedrun.data.split and speedrun.data.encode: which split a document is in, copies,
+tokenizers fitted on a budget, and the encoders."""
+
+import random
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_sources import error
+from test_data_sources import error
 
-from speedrun.data import build_tokenizer, split_documents, token_dtype, tokenize_cached, unique_documents
+from speedrun.data import build_tokenizer, split_documents, token_dtype, unique_documents
+from speedrun.data.encode import batch_encoder, within_budget
+from speedrun.data.split import Digests, digest, split_of
 from speedrun.tokenizer import EOT, BPETokenizer, CharTokenizer
 
 
 # ---------------------------------------------------------------- split
-
-def held_out_count(fraction, n):
-    count = round(fraction * n)
-    return max(count, 1) if fraction > 0 and n > 1 else count
-
 
 @settings(max_examples=80, deadline=None)
 @given(st.lists(st.text(max_size=3), min_size=2, max_size=40), st.floats(0, 0.6), st.floats(0, 0.35),
@@ -26,12 +27,29 @@ def test_split_documents_disjoint_covering_and_deterministic(docs, val_fraction,
     assert sorted(train + val + test) == sorted(unique) and len(set(train + val + test)) == len(unique)
     for side in (train, val, test):
         assert side == [d for d in unique if d in set(side)]
-    n = len(unique)
-    n_val = min(held_out_count(val_fraction, n), n - 1)
-    assert len(val) == n_val and len(test) == max(0, min(held_out_count(test_fraction, n), n - 1 - n_val))
-    assert len(train) >= 1
+    # each by its own text: the split of a document is split_of's
+    for i, side in enumerate((train, val, test)):
+        assert all(split_of(d, seed, val_fraction, test_fraction) == i for d in side)
     assert split_documents(docs, val_fraction, seed, test_fraction) == (train, val, test)
     assert split_documents(docs, val_fraction, seed)[1] == val  # a test split leaves validation as it was
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=8), min_size=2, max_size=30, unique=True), st.randoms())
+def test_split_is_stable_under_reordering_and_growth(docs, rnd):
+    train, val, test = split_documents(docs, 0.3, 7, 0.2)
+    shuffled = docs[:]
+    rnd.shuffle(shuffled)
+    grown = shuffled + [d + "+" for d in docs]  # the corpus grows by new documents
+    again = split_documents(grown, 0.3, 7, 0.2)
+    for old, new in zip((train, val, test), again):
+        assert set(old) <= set(new)
+
+
+def test_split_fractions_are_met_on_many_documents():
+    docs = [f"document number {i}" for i in range(20_000)]
+    train, val, test = split_documents(docs, 0.1, 3, 0.05)
+    assert abs(len(val) / len(docs) - 0.1) < 0.01 and abs(len(test) / len(docs) - 0.05) < 0.01
 
 
 @settings(max_examples=80, deadline=None)
@@ -65,7 +83,7 @@ def test_exact_duplicates_are_dropped_before_the_split():
     docs = [f"doc {i % 30}" for i in range(90)]  # every document three times
     assert unique_documents(docs) == [f"doc {i}" for i in range(30)]
     train, val, test = split_documents(docs, 0.2, 0, 0.2)
-    assert len(train) == 18 and len(val) == 6 and len(test) == 6
+    assert len(train) + len(val) + len(test) == 30 and val and test
     assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
 
 
@@ -87,72 +105,46 @@ def test_build_bpe_tokenizer():
     error("unknown tokenizer 'wordpiece'", build_tokenizer, "wordpiece", ["x"])
 
 
-class FakeTokenizer:
-    """Stands in for a tokenizer with a vocabulary too large for uint16."""
-
-    vocab_size = 70_000
-    eot_id = 69_999
-
-    def encode(self, text):
-        return [66_000 + ord(c) % 100 for c in text]
-
-    def to_json(self):
-        return '{"kind": "fake"}'
+def test_digests_keep_every_document_seen_across_merges():
+    seen = Digests()
+    texts = [f"text {i}" for i in range(50_000)]  # past the first merge of the small set into the array
+    assert all(seen.add(digest(t, 0)) for t in texts)
+    assert len(seen) == 50_000 and len(seen.sorted) > 0
+    assert not any(seen.add(digest(t, 0)) for t in random.Random(0).sample(texts, 2000))
+    restored = Digests(seen.array())  # as a resumed preparation loads them
+    assert not restored.add(digest("text 123", 0)) and restored.add(digest("text new", 0))
 
 
-def test_token_dtype_rule(tmp_path):
+def test_token_dtype_rule():
     assert token_dtype(65_536) == np.uint16 and token_dtype(65_537) == np.uint32
-    ids = tokenize_cached(["ab", "c"], FakeTokenizer(), str(tmp_path))
-    assert ids.dtype == np.uint32 and ids.tolist() == [66_097, 66_098, 69_999, 66_099, 69_999]
 
 
-def test_tokens_have_eot_after_every_document(tmp_path):
-    docs = ["hello", "world!", "hi"]
-    tok = build_tokenizer("char", docs)
-    ids = tokenize_cached(docs, tok, str(tmp_path), name="train")
-    assert isinstance(ids, np.memmap) and ids.dtype == np.uint16 and not ids.flags.writeable
-    assert tok.decode(ids) == EOT.join(docs) + EOT
-    assert (ids == tok.eot_id).sum() == len(docs)
+def test_bpe_trains_on_a_character_budget():
+    assert list(within_budget(["abcd", "efgh", "ijkl"], 6)) == ["abcd", "ef"]
+    assert list(within_budget(["abcd", "efgh"], 0)) == ["abcd", "efgh"]
+    docs = [f"word{i} " * 20 for i in range(200)]
+    small = build_tokenizer("bpe", docs, vocab_size=400, max_chars=500)
+    full = build_tokenizer("bpe", docs, vocab_size=400)
+    assert small.vocab_size < full.vocab_size  # 500 characters hold fewer pairs to merge
 
 
-def test_evaluation_tokens_start_with_an_end_of_document_token(tmp_path):
-    docs = ["hello", "hi"]
-    tok = build_tokenizer("char", docs)
-    ids = tokenize_cached(docs, tok, str(tmp_path), name="val", lead_eot=True)
-    assert tok.decode(ids) == EOT + EOT.join(docs) + EOT
-    assert len(list((tmp_path / "tokens").iterdir())) == 1
-    tokenize_cached(docs, tok, str(tmp_path), name="val")  # without it: another file
-    assert len(list((tmp_path / "tokens").iterdir())) == 2
+def test_tiktoken_encodes_bpe_with_the_tokenizers_ids():
+    rnd = random.Random(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "don't", "it's", "42", "naïve", "café", "!?", "  ", "\n"]
+    docs = ["".join(rnd.choice(words) + rnd.choice([" ", "", "\t", "\n\n"]) for _ in range(200)) for _ in range(60)]
+    tok = build_tokenizer("bpe", docs[:30], vocab_size=420)
+    encode, name = batch_encoder(tok, docs[:4])
+    assert name == "tiktoken"
+    texts = docs[30:] + ["mentions " + EOT + " as text"]
+    assert encode(texts) == [tok.encode(t) for t in texts]
 
 
-def test_bpe_tokens_with_special_strings_in_text(tmp_path):
-    docs = ["a story " * 5, "text that mentions " + EOT + " literally"]
-    tok = build_tokenizer("bpe", docs, vocab_size=280)
-    ids = tokenize_cached(docs, tok, str(tmp_path))
-    assert (ids == tok.eot_id).sum() == 2 and ids[-1] == tok.eot_id
-    assert tok.decode(ids) == EOT.join(docs) + EOT
+def test_encoders_fall_back_where_tiktoken_does_not_apply():
+    from speedrun.chat.template import train_chat_tokenizer
 
-
-def test_token_cache_hit_and_misses(tmp_path, monkeypatch):
-    docs = ["abc", "cab"]
-    tok = build_tokenizer("char", docs)
-    first = tokenize_cached(docs, tok, str(tmp_path), name="val")
-    files = sorted((tmp_path / "tokens").iterdir())
-    assert len(files) == 1 and files[0].name.startswith("val-")
-
-    def boom(*args, **kwargs):
-        raise AssertionError("encode called on a cache hit")
-
-    monkeypatch.setattr(tok, "encode", boom)
-    again = tokenize_cached(docs, tok, str(tmp_path), name="val")
-    assert np.array_equal(first, again)
-    monkeypatch.undo()
-
-    tokenize_cached(["abc", "cba"], tok, str(tmp_path), name="val")  # content changed
-    tokenize_cached(["ab", "cabc"], tok, str(tmp_path), name="val")  # same characters, new boundaries
-    tokenize_cached(docs, build_tokenizer("char", docs + ["z"]), str(tmp_path), name="val")  # tokenizer changed
-    assert len(list((tmp_path / "tokens").iterdir())) == 4
-
-
-def test_tokenize_nothing_is_an_error(tmp_path):
-    error("no documents", tokenize_cached, [], build_tokenizer("char", ["a"]), str(tmp_path))
+    chat = train_chat_tokenizer(["12 + 34 = 46, said the cat"] * 20, 300)  # digits split one by one
+    encode, name = batch_encoder(chat, ["1234 cats"])
+    assert name == "tokenizers" and encode(["1234 cats"]) == [chat.encode("1234 cats")]
+    char = build_tokenizer("char", ["abc"])
+    encode, name = batch_encoder(char)
+    assert name == "python" and encode(["cab"]) == [char.encode("cab")]

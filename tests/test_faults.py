@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 
 ARGS = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=8",
         "train.steps=150", "train.eval_every=25", "train.log_every=5", "data.sample_tokens=0",
@@ -21,13 +23,19 @@ def records(run):
     return [json.loads(x) for x in lines]
 
 
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path, line_corpus):
+# one text cut into train and val; or a line per document, split by hash into token shards
+# of at most 2,000 ids (train spans six), which the training windows cross
+@pytest.mark.parametrize("data", [[], ["data.doc_per_line=true", "data.shard_tokens=2000"]], ids=["one", "sharded"])
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, line_corpus, data):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(speedrun("train", "shakespeare-char", "--data", str(line_corpus), "--out", str(whole), "--quiet",
-                            *ARGS), check=True, capture_output=True)
+                            *ARGS, *data), check=True, capture_output=True)
+    if data:
+        manifest = next((tmp_path / "cache" / "prepared").glob("*/manifest.json"))
+        assert len(json.loads(manifest.read_text())["splits"]["train"]["shards"]) > 2
 
     proc = subprocess.Popen(speedrun("train", "shakespeare-char", "--data", str(line_corpus), "--out", str(killed),
-                                     "--quiet", *ARGS), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     "--quiet", *ARGS, *data), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = killed / "checkpoints" / "last.safetensors"
     deadline = time.time() + 120
     while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:

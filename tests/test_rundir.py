@@ -4,7 +4,7 @@ import json
 
 from speedrun.config import Config
 from speedrun.rundir import ChatRunDir, RunDir
-from speedrun.sources import load_documents
+from speedrun.data.sources import load_documents
 from speedrun.tokenizer import EOT, CharTokenizer, load_tokenizer_file
 
 

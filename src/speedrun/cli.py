@@ -72,6 +72,27 @@ def cmd_train(args) -> int:
         distributed.close(dist)
 
 
+def cmd_prepare(args) -> int:
+    """Prepare a source for a recipe's [data] settings, once, before any training run."""
+    from .config import TextData
+    from .data.preparation import describe, prepare
+
+    overrides = list(args.overrides)
+    recipe = args.recipe
+    if recipe and "=" in recipe:
+        overrides, recipe = [recipe, *overrides], None
+    recipe = recipe or "shakespeare-bpe"
+    if not isinstance(load_config(recipe, overrides).data, TextData):
+        raise ConfigError(f"recipe {recipe!r} trains a task that reads no corpus; "
+                          f"give a text recipe (e.g. shakespeare-bpe)")
+    cfg = load_config(recipe, [*overrides, f"data.source={json.dumps(args.source)}"])
+    ds = prepare(cfg.data, progress=not args.quiet, out=args.out or "")
+    print(describe(ds))
+    print(f"train on it with: speedrun train {recipe} --data {ds.folder if args.out else args.source}"
+          + "".join(f" {o}" for o in overrides))
+    return 0
+
+
 def cmd_verify(args) -> int:
     from .verify import format_record, verify
 
@@ -235,6 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-step lines")
     t.set_defaults(func=cmd_train)
 
+    pr = sub.add_parser("prepare", help="tokenize a corpus into shards once, for a recipe's data settings "
+                                        "(speedrun train does it too, on first use)")
+    pr.add_argument("source", help="a file, folder, glob, .jsonl, .parquet (or a folder of them) or hf:NAME")
+    pr.add_argument("recipe", nargs="?", help="the recipe whose [data] settings decide the tokens "
+                                              "(default shakespeare-bpe)")
+    pr.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.vocab_size=8192")
+    pr.add_argument("--out", help="folder to prepare into (default: the cache, where speedrun train finds it); "
+                                  "train on it with --data OUT")
+    pr.add_argument("--quiet", action="store_true", help="no progress bars")
+    pr.set_defaults(func=cmd_prepare)
+
     v = sub.add_parser("verify", help="train a recipe over several seeds, one process each, and test whether "
                                       "it reaches its target at p < 0.01 (exit code 0 if so, 1 if not)")
     v.add_argument("recipe", help="bundled recipe name or a TOML file")
@@ -328,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     # key=value overrides may come after options (`--data x train.steps=5`); argparse
     # collects positionals only before the first option, so gather the rest here.
     overrides = [a for a in extra if "=" in a and not a.startswith("-")]
-    if args.command in ("train", "chat-pipeline", "verify") and overrides:
+    if args.command in ("train", "chat-pipeline", "verify", "prepare") and overrides:
         args.overrides = list(args.overrides) + overrides
         extra = [a for a in extra if a not in overrides]
     if extra:

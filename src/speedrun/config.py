@@ -107,7 +107,10 @@ class TextData:
     split_seed: int = 1337
     tokenizer: Literal["char", "bpe"] = "char"
     vocab_size: int = 4096  # BPE only
-    cache_dir: str = ""  # token cache; default ~/.cache/speedrun
+    tokenizer_chars: int = 100_000_000  # BPE learns from at most this many characters of training text; 0: all
+    shard_tokens: int = 1 << 26  # ids per training shard of a prepared dataset (64 Mi: 128 MB as uint16)
+    eval_tokens: int = 1 << 19  # tokens each evaluation scores, the first of its split (all when fewer); 0: all
+    cache_dir: str = ""  # prepared datasets; default ~/.cache/speedrun
     tokenizer_file: str = ""  # a saved tokenizer (tokenizer.json) to use instead of fitting one
     hf_split: str = "train"
     epochs: float = 0.0  # > 0: train for this many passes over the training tokens
@@ -325,6 +328,11 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"train.{name} must be at least 1")
     if t.max_steps < 0 or t.time_budget < 0:
         raise ConfigError("train.max_steps and train.time_budget must be 0 (off) or positive")
+    if isinstance(cfg.data, TextData):
+        d = cfg.data
+        if d.shard_tokens < 1 or d.eval_tokens < 0 or d.tokenizer_chars < 0:
+            raise ConfigError("data.shard_tokens must be at least 1, data.eval_tokens and data.tokenizer_chars "
+                              "0 (all) or positive")
 
 
 def to_dict(cfg: Config) -> dict:

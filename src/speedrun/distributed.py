@@ -77,3 +77,23 @@ def share(d: Dist, obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def rank0_first(d: Dist, build):
+    """`build()` on rank 0, then on the other ranks: what it writes to disk (a prepared
+    dataset) is written once, then read by all. An error on rank 0 stops every rank
+    (the others would otherwise wait for it until the process group's timeout, 30 min)."""
+    if not d.enabled:
+        return build()
+    if d.is_main:
+        try:
+            result = build()
+        except Exception as e:
+            share(d, f"{type(e).__name__}: {e}")
+            raise
+        share(d, None)
+        return result
+    failure = share(d, None)
+    if failure:
+        raise RuntimeError(f"rank 0 failed to set up the run ({failure})")
+    return build()

@@ -59,7 +59,8 @@ class Trainer:
             raise ConfigError(f"train.grad_accum={tc.grad_accum} must be a multiple of the "
                               f"{dist.world} processes, so the global batch stays the same")
         torch.manual_seed(tc.seed)
-        self.task = build_task(cfg)
+        # rank 0 prepares the data (the others would write the same shards at once), then all read it
+        self.task = distributed.rank0_first(dist, lambda: build_task(cfg))
         self.cfg = cfg = dataclasses.replace(cfg, model=model_config(cfg, self.task))
         self.model = build_model(cfg, self.task, rt)
         self.optimizer = build_optimizer(self.model, cfg.optim, rt.dtype)

@@ -1,15 +1,18 @@
 """Language modelling on the user's text: batches, honest evaluation, samples.
 
-The text is split into train, val and (with data.test_fraction) test. Training
-and every evaluation during the run, the best checkpoint and a target's
+The text is prepared once into token shards (speedrun.data.preparation: train, val
+and, with data.test_fraction, test), and the task reads windows from them.
+Training and every evaluation during the run, the best checkpoint and a target's
 time_to_target look at val only; test is scored once, after training, so the
 figures reported on it were never tuned on.
 
-An evaluation scores every token of its split exactly once, the first
-included: the split's token file starts with an end-of-document token that
-is context only, then the split is cut into consecutive windows of
-`block_size` targets and the last, shorter window is scored too, so nothing is
-dropped and the mean is over the tokens actually scored. `val_bpb` (`test_bpb`)
+An evaluation scores the first `data.eval_tokens` tokens of its split (the whole
+split when it is smaller, as every bundled recipe's is), the same tokens in every
+run on the dataset, each exactly once, the first included: the split starts with
+an end-of-document token that is context only, then it is cut into consecutive
+windows of `block_size` targets and the last, shorter window is scored too, so
+nothing is dropped and the mean is over the tokens actually scored
+(`val_tokens`, reported beside each figure). `val_bpb` (`test_bpb`)
 divides the summed loss (in bits) by the UTF-8 bytes of the text those targets
 stand for, which makes character-level and BPE models comparable;
 end-of-document tokens stand for no text and are left out of it.
@@ -23,17 +26,9 @@ import numpy as np
 import torch
 
 from ..config import Config, TextData
-from ..data import (
-    DataError,
-    build_tokenizer,
-    download,
-    load_documents,
-    split_documents,
-    tokenize_cached,
-)
+from ..data import DataError, prepare
 from ..device import Runtime
 from ..model import evaluating, generate
-from ..tokenizer import load_tokenizer_file
 from . import Task
 
 
@@ -59,35 +54,21 @@ class TextTask(Task):
     def from_config(cls, cfg: Config) -> "TextTask":
         return cls(cfg.data, block_size=cfg.model.block_size, seed=cfg.train.seed)
 
-    def __init__(self, cfg: TextData, block_size: int, seed: int, tokenizer=None):
+    def __init__(self, cfg: TextData, block_size: int, seed: int, tokenizer=None, progress: bool | None = None):
         self.cfg, self.block_size, self.seed = cfg, block_size, seed
-        source = cfg.source or (str(download(cfg.url, cfg.cache_dir)) if cfg.url else "")
-        if not source:
-            raise DataError("no training text: pass --data PATH (a file, folder, glob, .jsonl, .parquet or hf:NAME)")
-        docs = load_documents(source, cfg.text_field, cfg.doc_per_line, cfg.hf_split)
-        if cfg.val_source:  # the source holds train (and test); validation comes from val_source
-            train_docs, _, test_docs = split_documents(docs, 0.0, cfg.split_seed, cfg.test_fraction)
-            val_docs = load_documents(cfg.val_source, cfg.text_field, cfg.doc_per_line, cfg.hf_split)
-        else:
-            train_docs, val_docs, test_docs = split_documents(docs, cfg.val_fraction, cfg.split_seed,
-                                                              cfg.test_fraction)
-        if not val_docs:
+        self.dataset = prepare(cfg, tokenizer, progress)
+        self.tokenizer = self.dataset.tokenizer
+        self.train_tokens = self.dataset.split("train")
+        val, test = self.dataset.split("val"), self.dataset.split("test")
+        if val is None:
             raise DataError("there is no validation text; set data.val_fraction above 0 or give data.val_source")
-        # A character vocabulary covers the held-out text too, so no held-out character is
-        # unencodable (it learns the character set, nothing about the text's statistics);
-        # BPE learns from the training text only.
-        vocab_docs = train_docs + val_docs + test_docs if cfg.tokenizer == "char" else train_docs
-        if tokenizer is None and cfg.tokenizer_file:
-            tokenizer = load_tokenizer_file(cfg.tokenizer_file)
-        self.tokenizer = tokenizer or build_tokenizer(cfg.tokenizer, vocab_docs, cfg.vocab_size)
-        self.train_tokens = tokenize_cached(train_docs, self.tokenizer, cfg.cache_dir, "train")
-        self.val_tokens = tokenize_cached(val_docs, self.tokenizer, cfg.cache_dir, "val", lead_eot=True)
-        self.test_tokens = (tokenize_cached(test_docs, self.tokenizer, cfg.cache_dir, "test", lead_eot=True)
-                            if test_docs else None)
+        # the first eval_tokens targets, after the leading end-of-document token
+        self.val_tokens = val.head(cfg.eval_tokens + 1 if cfg.eval_tokens else 0)
+        self.test_tokens = test.head(cfg.eval_tokens + 1 if cfg.eval_tokens else 0) if test is not None else None
         for split, tokens in (("training", self.train_tokens), ("validation", self.val_tokens)):
-            if len(tokens) < block_size + 2:
-                raise DataError(f"the {split} text has {len(tokens)} tokens, fewer than one block of "
-                                f"{block_size + 1}; give more text or lower model.block_size")
+            if tokens is None or len(tokens) < block_size + 2:
+                raise DataError(f"the {split} text has {len(tokens) if tokens else 0} tokens, fewer than one "
+                                f"block of {block_size + 1}; give more text or lower model.block_size")
         self.token_bytes = token_byte_lengths(self.tokenizer)
         self.windows_seen = 0  # data position for epoch-style passes
         self._order_epoch, self._order = -1, None  # the shuffle of the current epoch
@@ -115,7 +96,7 @@ class TextTask(Task):
             starts = np.array(starts)
         else:
             starts = torch.randint(len(self.train_tokens) - T - 1, (batch_size,), generator=generator).numpy()
-        rows = torch.from_numpy(self.train_tokens[starts[:, None] + np.arange(T + 1)].astype(np.int64))
+        rows = torch.from_numpy(self.train_tokens.rows(starts, T + 1))
         return rows[:, :-1], rows[:, 1:]
 
     def _epoch_order(self, epoch: int, n_windows: int) -> np.ndarray:
@@ -125,14 +106,20 @@ class TextTask(Task):
         return self._order
 
     def state_dict(self) -> dict:
-        return {"windows_seen": self.windows_seen}
+        """The data position beyond the generator's state: windows taken in epoch order, and
+        which prepared dataset they index (a resume on other tokens would not be exact)."""
+        return {"windows_seen": self.windows_seen, "dataset": self.dataset.key}
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("dataset", self.dataset.key) != self.dataset.key:
+            raise DataError(f"the checkpoint was trained on prepared dataset {state['dataset']}, but the data "
+                            f"now prepares as {self.dataset.key} (the source or a data setting changed); resume "
+                            f"with the data it was trained on")
         self.windows_seen = int(state["windows_seen"])
 
     # --- evaluation ----------------------------------------------------
     @torch.inference_mode()
-    def score(self, model, rt: Runtime, tokens: np.ndarray, windows: list[tuple[int, int]],
+    def score(self, model, rt: Runtime, tokens, windows: list[tuple[int, int]],
               batch_size: int = 64) -> dict:
         """Sums over the targets of `windows` of `tokens`: loss in nats (all tokens), loss
         in bits on tokens that stand for text, token count and UTF-8 byte count; and the two
@@ -145,7 +132,7 @@ class TextTask(Task):
             for length, starts in by_length.items():
                 for i in range(0, len(starts), batch_size):
                     s = np.array(starts[i:i + batch_size])
-                    rows = torch.from_numpy(tokens[s[:, None] + np.arange(length + 1)].astype(np.int64))
+                    rows = torch.from_numpy(tokens.rows(s, length + 1))
                     with rt.autocast():
                         logits = model(rows[:, :-1].to(rt.device))
                     y = rows[:, 1:].reshape(-1)

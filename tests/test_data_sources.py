@@ -1,4 +1,4 @@
-"""speedrun.sources: documents from files, folders, globs, JSONL, parquet, datasets and
+"""speedrun.data.sources: documents from files, folders, globs, JSONL, parquet, datasets and
 downloads, and the one-line DataError for each thing the user can fix."""
 
 import json
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from speedrun.sources import DataError, download, load_documents
+from speedrun.data.sources import DataError, download, load_documents
 
 
 def write(path, text):
