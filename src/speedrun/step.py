@@ -30,10 +30,11 @@ def train_step(step_fn, model, optimizer, task, cfg: Config, rt: Runtime, genera
             continue
         x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
         # DDP all-reduces gradients on the last local backward only.
+        # (one context around forward and backward: DDP's no_sync cannot be entered twice)
         sync = contextlib.nullcontext() if i == mine[-1] or not d.enabled else step_fn.no_sync()
-        with sync, rt.autocast():
-            _, loss = step_fn(x, y)
         with sync:
+            with rt.autocast():
+                _, loss = step_fn(x, y)
             (loss / len(mine)).backward()
         total += loss.detach()
     skip = cfg.train.skip_nonfinite > 0 and distributed.any_rank(d, not bool(torch.isfinite(total)))
