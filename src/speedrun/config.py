@@ -109,7 +109,10 @@ class TextData:
     vocab_size: int = 4096  # BPE only
     tokenizer_chars: int = 100_000_000  # BPE learns from at most this many characters of training text; 0: all
     shard_tokens: int = 1 << 26  # ids per training shard of a prepared dataset (64 Mi: 128 MB as uint16)
-    eval_tokens: int = 1 << 19  # tokens each evaluation scores, the first of its split (all when fewer); 0: all
+    # tokens each evaluation scores, the first of its split (all when fewer; 0: all). Scoring a token
+    # costs ~1/3 of training on it, so val and test at 262,144 each take ~7% of shakespeare-bpe's
+    # 2-minute run on a large corpus (benchmarks/data.py); every bundled recipe's split is smaller.
+    eval_tokens: int = 1 << 18
     cache_dir: str = ""  # prepared datasets; default ~/.cache/speedrun
     tokenizer_file: str = ""  # a saved tokenizer (tokenizer.json) to use instead of fitting one
     hf_split: str = "train"
