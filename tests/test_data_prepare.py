@@ -75,6 +75,21 @@ def test_shard_round_trip_and_header(tmp_path, dtype):
     assert np.array_equal(np.fromfile(path, dtype=np.dtype(dtype).newbyteorder("<"), offset=32), ids)
 
 
+def test_shards_are_read_without_mapping_them_into_memory(tmp_path):
+    """A memory-mapped shard puts a large folio of file pages in the process's resident
+    memory for every random window touched (0.6 GB in 20 steps on a 1 GB corpus): the
+    loader reads by position instead, so no shard appears among the process's mappings."""
+    path = tmp_path / "train-00000.bin"
+    w = ShardWriter(path, np.uint16)
+    w.write(np.arange(50_000) % 60_000)
+    w.close()
+    split = TokenSplit([read_shard(path, np.uint16)])
+    rows = split.rows(np.array([0, 777, 49_000]), 100)
+    assert np.array_equal(rows[1], np.arange(777, 877)) and rows.dtype == np.int64
+    assert np.array_equal(np.asarray(split.head(10)), np.arange(10))
+    assert str(path) not in Path("/proc/self/maps").read_text()
+
+
 def test_shard_header_checks(tmp_path):
     path = tmp_path / "train-00000.bin"
     w = ShardWriter(path, np.uint16)

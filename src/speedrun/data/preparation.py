@@ -92,6 +92,19 @@ def _resolve_source(cfg) -> str:
     return source
 
 
+def release_freed_memory() -> None:
+    """Hand the memory the C heap holds free back to the system. Training a BPE on 100M
+    characters leaves ~300 MB of freed but fragmented heap that glibc keeps for reuse, and
+    the training that follows in the same process would count it in its peak; elsewhere
+    (no glibc) it does nothing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def is_prepared(source: str) -> bool:
     return not source.startswith("hf:") and (Path(source).expanduser() / "manifest.json").is_file()
 
@@ -131,6 +144,7 @@ def prepare(cfg, tokenizer=None, progress: bool | None = None, out: str = "") ->
         return open_prepared(folder, tokenizer)
     progress = sys.stderr.isatty() if progress is None else progress
     Preparation(cfg, source, folder, key, identity, tokenizer, progress).run()
+    release_freed_memory()
     return open_prepared(folder, tokenizer)
 
 
@@ -196,6 +210,7 @@ class Preparation:
             state = None  # a folder given with --out that held another preparation
         single = self.single_document()
         tok = self.fitted_tokenizer(single, resumed=state is not None)
+        release_freed_memory()
         tok_json = tok.to_json()
         dtype = token_dtype(tok.vocab_size)
         if single is not None:
