@@ -9,9 +9,8 @@ given (`data.tokenizer_chars`; nanochat's is 2 billion), streamed, so its memory
 is the word counts the trainer keeps, not the text.
 
 Encoding: `tokenizers` (Rust, Hugging Face) trains the BPE; `tiktoken` (Rust,
-OpenAI) encodes it, given the same merges as ranks, about 2.9x faster on 2 cores
-(12.7 MB/s against `encode_batch`'s 4.4 MB/s, measured in benchmarks/data.py's
-record). Both read GPT-2's pre-tokenizer pattern; tiktoken merges by the rank of
+OpenAI) encodes it, given the same merges as ranks, about 2.2x faster on 2 cores
+(15.9 MB/s against `encode_batch`'s 7.4 MB/s on a Zen 4 EPYC, results/data.json). Both read GPT-2's pre-tokenizer pattern; tiktoken merges by the rank of
 the merged bytes, which for a tokenizer whose ids are in merge order gives the
 same ids, and `batch_encoder` checks that on a sample before using it, falling
 back to `tokenizers` when a single id differs or tiktoken is not installed.
