@@ -28,6 +28,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
+    # The one dial (nanochat's): depth N gives N layers of width 64 x N in heads of about 128
+    # (`depth_shape`). Set on the command line it replaces the recipe's shape; n_layer, n_embd
+    # or n_head given beside it (in the same recipe, or on the command line) still win. 0: off
+    depth: int = 0
     n_layer: int = 2
     n_head: int = 2
     n_embd: int = 64
@@ -46,12 +50,19 @@ class ModelConfig:
     smear: bool = False  # add a learned share of the previous token's embedding to each token's
     bigram: bool = False  # add a learned embedding of each (previous, current) token pair (vocabularies <= 256)
     value_embeddings: bool = False  # each block adds a second embedding of the token to its attention values
+    # keep only each block's input in training and compute its activations again in the backward:
+    # ~1/3 more compute for a fraction of the activation memory (`speedrun plan` shows both)
+    checkpoint_activations: bool = False
 
 
 @dataclass
 class OptimConfig:
     name: Literal["adamw", "muon"] = "adamw"
     lr: float = 1e-3  # AdamW learning rate (embeddings, head, scalars under Muon)
+    embed_lr: float = 0.0  # AdamW learning rate of the input embedding tables; 0: optim.lr
+    # the width the AdamW rates are given for: at width d they are scaled by sqrt(ref / d), as
+    # nanochat scales its embedding and head rates from width 768; Muon's are not. 0: no scaling
+    lr_ref_width: int = 0
     muon_lr: float = 0.02  # Muon learning rate for 2-D hidden weights
     muon_momentum: float = 0.95
     beta1: float = 0.9
@@ -69,7 +80,11 @@ class TrainConfig:
     steps: int = 1000  # the run's length without a time budget (a budget lifts it: see max_steps)
     max_steps: int = 0  # a cap on steps that also holds under a time budget; 0: none
     batch_size: int = 64
-    grad_accum: int = 1
+    grad_accum: int = 1  # micro-batches per step over all processes (each takes grad_accum / processes)
+    # global tokens per step: sets grad_accum = batch_tokens / (batch_size x model.block_size). 0: off
+    batch_tokens: int = 0
+    tokens: int = 0  # the run's token budget: steps = tokens / tokens per step. 0: off
+    tokens_per_param: float = 0.0  # a budget of this many tokens per parameter (Chinchilla: 20). 0: off
     seed: int = 1337
     log_every: int = 50
     eval_every: int = 0  # 0: only at the end
@@ -299,14 +314,63 @@ def _set_dotted(table: dict, path: list[str], value: Any) -> None:
 
 def load_config(recipe: str, overrides: list[str] = ()) -> Config:
     name, table = read_recipe(recipe)
-    for text in overrides:
-        path, value = parse_override(text)
+    parsed = [parse_override(text) for text in overrides]
+    if any(path == ["model", "depth"] for path, _ in parsed) and isinstance(table.get("model"), dict):
+        # the dial given here replaces the recipe's shape; shape keys given here still win over it
+        table["model"] = {k: v for k, v in table["model"].items() if k not in SHAPE_KEYS}
+    for path, value in parsed:
         _set_dotted(table, path, value)
     return config_from_dict(table, recipe_name=name)
 
 
-def config_from_dict(table: dict, recipe_name: str = "") -> Config:
+HEAD_DIM = 128  # the dial's head size (nanochat's)
+SHAPE_KEYS = ("n_layer", "n_embd", "n_head")  # what model.depth sets
+ASPECT = 64  # the dial's width per layer (nanochat's)
+
+
+def heads_for(width: int) -> int:
+    """Heads of about 128 for `width`: the divisor of width nearest width / 128, at least one."""
+    divisors = [h for h in range(1, width + 1) if width % h == 0]
+    return min(divisors, key=lambda h: (abs(h - width / HEAD_DIM), -h))
+
+
+def depth_shape(depth: int, width: int = 0) -> dict:
+    """n_layer, n_embd and n_head for `model.depth`: width 64 x depth (unless given) in heads
+    of about 128, nanochat's rule; d20 is 20 x 1,280 in 10 heads, d12 12 x 768 in 6."""
+    width = width or ASPECT * depth
+    return {"n_layer": depth, "n_embd": width, "n_head": heads_for(width)}
+
+
+def _dialled(table: dict) -> dict:
+    """The raw recipe with model.depth turned into a shape and train.batch_tokens into
+    grad_accum; keys given explicitly beside them win (a clash is an error)."""
+    model, train = table.get("model", {}), table.get("train", {})
+    if not isinstance(model, dict) or not isinstance(train, dict):
+        return table
     table = dict(table)
+    depth = model.get("depth", 0)
+    if depth:
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+            raise ConfigError(f"model.depth = {depth!r} must be a positive whole number of layers (0: off)")
+        width = model.get("n_embd", 0)
+        model = {**depth_shape(depth, width if isinstance(width, int) else 0), **model}
+        table["model"] = model
+    batch_tokens = train.get("batch_tokens", 0)
+    if batch_tokens:
+        micro = train.get("batch_size", TrainConfig.batch_size) * model.get("block_size", ModelConfig.block_size)
+        if not isinstance(batch_tokens, int) or batch_tokens % micro:
+            raise ConfigError(f"train.batch_tokens = {batch_tokens!r} must be a multiple of train.batch_size x "
+                              f"model.block_size = {micro:,} tokens; change one of them")
+        accum = batch_tokens // micro
+        if train.get("grad_accum", accum) != accum:
+            raise ConfigError(f"train.grad_accum = {train['grad_accum']} disagrees with train.batch_tokens = "
+                              f"{batch_tokens:,} ({accum} micro-batches of {micro:,} tokens); give one of them")
+        table["train"] = {**train, "grad_accum": accum}
+    return table
+
+
+def config_from_dict(table: dict, recipe_name: str = "") -> Config:
+    table = _dialled(dict(table))
     task = table.get("task", Config.task)
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
@@ -331,6 +395,8 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"train.{name} must be at least 1")
     if t.max_steps < 0 or t.time_budget < 0:
         raise ConfigError("train.max_steps and train.time_budget must be 0 (off) or positive")
+    if t.tokens < 0 or t.tokens_per_param < 0 or (t.tokens and t.tokens_per_param):
+        raise ConfigError("give the token budget once: train.tokens or train.tokens_per_param (0: off)")
     if isinstance(cfg.data, TextData):
         d = cfg.data
         if d.shard_tokens < 1 or d.eval_tokens < 0 or d.tokenizer_chars < 0:

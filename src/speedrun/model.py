@@ -18,6 +18,7 @@ import contextlib
 import math
 
 import torch
+import torch.utils.checkpoint
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -238,7 +239,11 @@ class GPT(nn.Module):
             # the last block computes only the positions whose logits are asked for
             keep = last if last and i == len(self.blocks) - 1 else 0
             ve = self.value_embeds[i](idx) if self.value_embeds is not None else None
-            x = block(x, rotary, cache[i] if cache is not None else None, start, keep, ve)
+            if self.cfg.checkpoint_activations and self.training and cache is None and torch.is_grad_enabled():
+                # keep only the block's input; its activations are computed again in the backward
+                x = torch.utils.checkpoint.checkpoint(block, x, rotary, None, start, keep, ve, use_reentrant=False)
+            else:
+                x = block(x, rotary, cache[i] if cache is not None else None, start, keep, ve)
         logits = self.head(self.norm_f(x))
         if self.cfg.logit_softcap > 0:
             cap = self.cfg.logit_softcap

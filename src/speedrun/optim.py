@@ -176,7 +176,10 @@ class Optimizers:
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """Split parameters: hidden matrices, other matrices (embeddings, head), and the rest."""
-    hidden, other_matrices, vectors = [], [], []
+    hidden, embeddings, other_matrices, vectors = [], [], [], []
+    # input tables; one tied to the output head is the head's too and keeps optim.lr
+    head = getattr(getattr(model, "head", None), "weight", None)
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.weight is not head}
     seen = set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
@@ -186,16 +189,29 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
             vectors.append(p)
         elif name.startswith("blocks."):
             hidden.append(p)
+        elif cfg.embed_lr and id(p) in tables:
+            embeddings.append(p)
         else:
             other_matrices.append(p)
-    adam = dict(kind="adamw", peak_lr=cfg.lr)
+    lr, embed_lr = (rate * width_scale(cfg, model) for rate in (cfg.lr, cfg.embed_lr))
+    adam = dict(kind="adamw", peak_lr=lr)
+    groups = [dict(params=embeddings, kind="adamw", peak_lr=embed_lr, weight_decay=cfg.weight_decay)]
     if cfg.name == "muon":
-        groups = [dict(params=hidden, kind="muon", peak_lr=cfg.muon_lr, weight_decay=0.0),
-                  dict(params=other_matrices, weight_decay=cfg.weight_decay, **adam)]
+        groups += [dict(params=hidden, kind="muon", peak_lr=cfg.muon_lr, weight_decay=0.0),
+                   dict(params=other_matrices, weight_decay=cfg.weight_decay, **adam)]
     else:
-        groups = [dict(params=hidden + other_matrices, weight_decay=cfg.weight_decay, **adam)]
+        groups += [dict(params=hidden + other_matrices, weight_decay=cfg.weight_decay, **adam)]
     groups.append(dict(params=vectors, weight_decay=0.0, **adam))
     return [g for g in groups if g["params"]]
+
+
+def width_scale(cfg: OptimConfig, model: nn.Module) -> float:
+    """sqrt(optim.lr_ref_width / width) on AdamW's rates (1 without a reference width): an
+    embedding or head row's update moves the output by about lr x sqrt(width), so the rate
+    falls as 1 / sqrt(width) to keep that fixed, the rule nanochat applies to its embedding
+    and head rates, tuned at width 768 (muP, Yang et al. 2022, gives 1 / width for hidden
+    layers; Muon's update is already normalised per matrix and is not scaled)."""
+    return (cfg.lr_ref_width / model.cfg.n_embd) ** 0.5 if cfg.lr_ref_width else 1.0
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, compute_dtype: torch.dtype = torch.float32) -> Optimizers:
