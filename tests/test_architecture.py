@@ -14,7 +14,8 @@ PACKAGE = Path(speedrun.__file__).parent
 # lowest first; a name ending in "." is a package prefix
 LAYERS = [
     ("foundation", ["config", "device", "clock", "checkpoint", "tokenizer", "data", "data.", "flops",
-                    "distributed", "model", "optim", "progress", "rundir", "metrics_log", "compilation", "step"]),
+                    "distributed", "model", "optim", "progress", "rundir", "metrics_log", "compilation", "step",
+                    "plan"]),
     ("tasks and conversations", ["tasks", "tasks.", "chat", "chat.template", "chat.items", "chat.conversations",
                                  "chat.identity", "chat.user_conversations",
                                  "chat.calculator", "chat.engine", "chat.evaluate", "chat.corpus"]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from .config import (
     recipe_names,
 )
 from .data import DataError
+from .plan import GPUS
 from .tokenizer import TokenizerError
 
 USER_ERRORS = (ConfigError, CheckpointError, TokenizerError, DataError, TemplateError)
@@ -88,8 +90,8 @@ def cmd_prepare(args) -> int:
     cfg = load_config(recipe, [*overrides, f"data.source={json.dumps(args.source)}"])
     ds = prepare(cfg.data, progress=not args.quiet, out=args.out or "")
     print(describe(ds))
-    print(f"train on it with: speedrun train {recipe} --data {ds.folder if args.out else args.source}"
-          + "".join(f" {o}" for o in overrides))
+    print(f"train on it with: speedrun train {recipe} --data {shlex.quote(str(ds.folder if args.out else args.source))}"
+          + "".join(f" {shlex.quote(o)}" for o in overrides))
     return 0
 
 
@@ -152,10 +154,26 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from .plan import describe, make_plan
+
+    overrides = list(args.overrides) + ([f"data.source={json.dumps(args.data)}"] if args.data else [])
+    cfg = load_config(args.recipe, overrides)
+    if args.gpus < 1:
+        raise ConfigError(f"--gpus {args.gpus}: give at least 1 device")
+    if args.mfu is not None and not 0 < args.mfu <= 1:
+        raise ConfigError(f"--mfu {args.mfu}: give a fraction of the peak between 0 and 1, e.g. 0.4")
+    plan = make_plan(cfg, gpus=args.gpus, gpu=args.gpu, mfu=args.mfu, price=args.price)
+    print(json.dumps(plan.as_dict(), indent=1) if args.json else describe(plan))
+    return 0
+
+
 def cmd_chat_pipeline(args) -> int:
     from .apps.chat_pipeline import STAGES, Pipeline, parse_pipeline_overrides
 
-    overrides = list(args.overrides) + ([f"corpus={json.dumps(args.data)}"] if args.data else [])
+    overrides = (list(args.overrides) + ([f"corpus={json.dumps(args.data)}"] if args.data else [])
+                 + ([f"base_recipe={json.dumps(args.base_recipe)}"] if args.base_recipe else [])
+                 + ([f"sft.data.conversations={json.dumps(args.sft_data)}"] if args.sft_data else []))
     cfg, base, sft = parse_pipeline_overrides(overrides)
     stages = tuple(args.stage) if args.stage else STAGES
     Pipeline(args.out, cfg, base, sft, progress=not args.quiet).run(stages, force=args.force)
@@ -295,6 +313,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_sample)
 
+    pl = sub.add_parser("plan", help="a run's parameters, tokens, FLOPs, memory per device, wall-clock and "
+                                     "cost, before starting it")
+    pl.add_argument("recipe", help="bundled recipe name or a TOML file")
+    pl.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model.depth=12")
+    pl.add_argument("--gpus", type=int, default=1, help="devices (processes under torchrun; default 1)")
+    pl.add_argument("--gpu", default="cpu", choices=["cpu", *GPUS],
+                    help="the device kind: cpu (this machine, measured) or a GPU kind (published peak)")
+    pl.add_argument("--mfu", type=float, help="the share of the peak to plan with (default: what runs "
+                                              "reached here on a CPU, else an assumed 0.4 on a GPU)")
+    pl.add_argument("--price", type=float, help="USD per device-hour (default: a published figure where "
+                                                "there is one)")
+    pl.add_argument("--data", help="the training data, as for `speedrun train --data` (its prepared "
+                                   "vocabulary and size, when it is prepared)")
+    pl.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    pl.set_defaults(func=cmd_plan)
+
     b = sub.add_parser("bench", help="measure this machine: `speedrun bench peak` (matmul FLOP/s, fp32 and bf16)")
     b.add_argument("what", choices=["peak"])
     b.add_argument("--device", default="auto")
@@ -308,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "to continue, finished stages are skipped")
     c.add_argument("--data", help="pretraining corpus: a file, folder, glob, .jsonl, .parquet or hf:NAME "
                                   "(default: Python's own documentation)")
+    c.add_argument("--base-recipe", help="the base model's recipe (default chat-base; base-d20 on a GPU node); "
+                                         "the pipeline sets its data and tokenizer")
+    c.add_argument("--sft-data", help="your conversations for fine-tuning, beside the built-in tasks: JSONL of "
+                                      '{"messages": [...]}, hf:NAME or a saved dataset folder')
     c.add_argument("--stage", action="append", choices=STAGES,
                    help="run only this stage (repeatable)")
     c.add_argument("--force", action="store_true", help="run the chosen stages again even if finished")

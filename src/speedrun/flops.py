@@ -98,3 +98,42 @@ def peak_record(device: torch.device, dtype: torch.dtype, refresh: bool = False)
         tmp.write_text(json.dumps(cache, indent=2))
         tmp.replace(path)
     return cache[key]
+
+
+# --- the MFU runs reach, remembered for `speedrun plan` ---------------------------
+def _mfu_path():
+    from .data import cache_root
+
+    return cache_root() / "mfu.json"
+
+
+def remember_mfu(device: torch.device, dtype: torch.dtype, flops_per_token: float, mfu: float,
+                 recipe: str, tokens_per_step: int) -> None:
+    """Keep the training MFU a finished run reached on this machine, one entry per recipe and
+    shape, so that a plan of a similar run uses what such runs reach here."""
+    path = _mfu_path()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    entries = [e for e in cache.get(peak_key(device, dtype), [])
+               if not (e["recipe"] == recipe and e["flops_per_token"] == flops_per_token)]
+    entries.append({"recipe": recipe, "flops_per_token": flops_per_token, "tokens_per_step": tokens_per_step,
+                    "mfu": mfu, "measured": time.strftime("%Y-%m-%d %H:%M:%S")})
+    cache[peak_key(device, dtype)] = entries[-50:]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(cache, indent=1))
+    tmp.replace(path)
+
+
+def known_mfu(device: torch.device, dtype: torch.dtype, flops_per_token: float) -> dict | None:
+    """The remembered run on this machine, device and dtype nearest in FLOPs per token (by
+    ratio), or None when no run has finished here."""
+    try:
+        entries = json.loads(_mfu_path().read_text()).get(peak_key(device, dtype), [])
+    except (OSError, ValueError, AttributeError):
+        return None
+    import math
+
+    return min(entries, key=lambda e: abs(math.log(e["flops_per_token"] / flops_per_token)), default=None)

@@ -29,13 +29,17 @@ from .clock import Clock
 from .compilation import should_compile, warm_up
 from .config import Config, ConfigError, to_dict
 from .device import Runtime, cpu_flags, hardware
-from .flops import flops_per_token, peak_flops
+from .flops import flops_per_token, peak_flops, remember_mfu
 from .metrics_log import MetricsLog, NoLog
 from .optim import build_optimizer, lr_factor, set_lr
+from .plan import budget_steps
 from .progress import Progress, StopSignal
 from .rundir import RunDir, git_commit, load_weights
 from .step import train_step
 from .tasks import build_model, build_task, model_config
+
+
+MFU_WORTH_REMEMBERING = 5.0  # seconds of training after which a run's MFU is kept for `speedrun plan`
 
 
 class Interrupted(Exception):
@@ -70,7 +74,8 @@ class Trainer:
         self.peak_flops = peak_flops(rt.device, rt.dtype)  # measured once per machine, then cached
         self.peak_refreshed = False
         # A time budget lifts the step count (the run lasts the budget); max_steps caps both.
-        steps = self.task.planned_steps(self.tokens_per_step) or tc.steps
+        steps = (self.task.planned_steps(self.tokens_per_step)
+                 or budget_steps(tc, self.model.num_params(), self.tokens_per_step) or tc.steps)
         self.total_steps = tc.max_steps or None if tc.time_budget > 0 else min(steps, tc.max_steps or steps)
         self.compile = should_compile(cfg, rt, self.total_steps, self.tokens_per_step, self.flops_per_token,
                                       self.peak_flops)
@@ -356,6 +361,9 @@ class Trainer:
         if "exact_match" in final:
             summary["time_to_verified"] = self.time_to_verified
         summary["wall_seconds"] = self.wall_seconds()
+        if self.dist.is_main and self.train_clock.seconds >= MFU_WORTH_REMEMBERING:
+            remember_mfu(self.rt.device, self.rt.dtype, self.flops_per_token, summary["mfu"],
+                         cfg.recipe or cfg.task, self.tokens_per_step)
         return summary
 
     def done_line(self, summary: dict, final: dict) -> str:

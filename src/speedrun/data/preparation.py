@@ -43,7 +43,7 @@ import numpy as np
 from ..tokenizer import load_tokenizer, load_tokenizer_file
 from .encode import batch_encoder, build_tokenizer, token_dtype
 from .shards import ShardWriter, TokenSplit, disk_full, read_shard
-from .sources import DataError, cache_root, download, fingerprint, iter_documents, no_text, source_bytes
+from .sources import DataError, cache_root, download, download_path, fingerprint, iter_documents, no_text, source_bytes
 from .split import SPLITS, TRAIN, VAL, Digests, check_fractions, cut_document, digest, split_of_digest
 
 FORMAT = "speedrun-prepared-1"
@@ -138,14 +138,40 @@ def prepare(cfg, tokenizer=None, progress: bool | None = None, out: str = "") ->
         return open_prepared(Path(source).expanduser(), tokenizer, cfg)
     check_fractions(cfg.val_fraction, cfg.test_fraction)
     key, identity = dataset_key(cfg, source, tokenizer)
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(source.rstrip("/")).name)[:40] or "data"
-    folder = Path(out).expanduser() if out else cache_root(cfg.cache_dir) / "prepared" / f"{stem}-{key}"
+    folder = Path(out).expanduser() if out else _cached_folder(cfg, source, key)
     if (folder / "manifest.json").is_file():
         return open_prepared(folder, tokenizer)
     progress = sys.stderr.isatty() if progress is None else progress
     Preparation(cfg, source, folder, key, identity, tokenizer, progress).run()
     release_freed_memory()
     return open_prepared(folder, tokenizer)
+
+
+def _cached_folder(cfg, source: str, key: str) -> Path:
+    path = Path(source.rstrip("/"))
+    name = f"{path.parent.name}-{path.name}" if any(c in path.name for c in "*?[") else path.name  # a glob
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:40] or "data"
+    return cache_root(cfg.cache_dir) / "prepared" / f"{stem}-{key}"
+
+
+def prepared_manifest(cfg) -> dict | None:
+    """The manifest of the [data] table's dataset when it is already prepared (a folder given
+    as the source, or one in the cache), else None: nothing is read beyond the source's cheap
+    fingerprint, nothing downloaded, nothing prepared. What `speedrun plan` sizes a run from."""
+    try:
+        if cfg.source:
+            source = cfg.source
+        elif cfg.url:
+            source = str(download_path(cfg.url, cfg.cache_dir))
+            if not Path(source).is_file():
+                return None
+        else:
+            return None
+        folder = (Path(source).expanduser() if is_prepared(source)
+                  else _cached_folder(cfg, source, dataset_key(cfg, source)[0]))
+        return json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError, DataError):
+        return None
 
 
 def open_prepared(folder: Path, tokenizer=None, cfg=None) -> PreparedDataset:

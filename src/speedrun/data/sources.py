@@ -313,13 +313,47 @@ def _iter_hub(name: str, config: str, split: str, field: str) -> Iterator[str]:
     yield from _dataset_texts(ds, field, f"hf:{name}")
 
 
+def dataset_rows(source: str, field: str, split: str = "train") -> Iterator | None:
+    """The values of column `field`, row by row, of a hub dataset (hf:NAME or hf:NAME:CONFIG)
+    or a folder saved with `save_to_disk`; None when `source` is neither (a file to read)."""
+    if source.startswith("hf:"):
+        name, _, config = source[3:].partition(":")
+        datasets = _import_datasets()
+        try:
+            ds = datasets.load_dataset(name, config or None, split=split)
+        except Exception as e:  # network, unknown name, unknown config or split
+            raise DataError(f"could not load hub dataset {name!r} ({_first_line(e)}); check the name, config "
+                            f"and split, or download it and give the folder") from None
+        where = source
+    elif (saved := _saved_dataset(source)) is not None:
+        datasets = _import_datasets()
+        try:
+            ds = _pick_split(datasets.load_from_disk(str(saved)), split, source)
+        except DataError:
+            raise
+        except Exception as e:
+            raise DataError(f"{source} could not be read as a saved dataset ({_first_line(e)}); "
+                            f"save it again with Dataset.save_to_disk") from None
+        where = source
+    else:
+        return None
+    if field not in ds.column_names:
+        raise _missing_column(where, field, ds.column_names)
+    return (row[field] for row in ds)
+
+
+def download_path(url: str, cache_dir: str = "") -> Path:
+    """Where `download` keeps `url` in the cache."""
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", url.rstrip("/").rsplit("/", 1)[-1])[:100] or "download"
+    return cache_root(cache_dir) / "downloads" / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{base}"
+
+
 def download(url: str, cache_dir: str = "") -> Path:
     """Fetch `url` once into the cache and return the local file."""
-    folder = cache_root(cache_dir) / "downloads"
-    base = re.sub(r"[^A-Za-z0-9._-]", "_", url.rstrip("/").rsplit("/", 1)[-1])[:100] or "download"
-    path = folder / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{base}"
+    path = download_path(url, cache_dir)
     if path.is_file():
         return path
+    folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
     try:
