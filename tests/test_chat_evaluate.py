@@ -130,14 +130,19 @@ def test_sft_validation_is_disjoint_from_evaluation(tmp_path, tok):
             assert all(TASKS[name].split_of(i.key) == "val" for i in val)
 
 
-def test_pipeline_corpus_drops_exact_duplicates(tmp_path):
+def test_pipeline_streams_the_users_corpus_and_drops_exact_duplicates(tmp_path, monkeypatch):
+    """The user's corpus is read where it is (never copied or held whole): the tokenizer
+    learns from its training documents, and the base stage prepares it, copies dropped."""
+    monkeypatch.setenv("SPEEDRUN_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "corpus.jsonl"
     docs = [f"document {i % 40}: some words about the number {i % 40}" for i in range(120)]
     corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     out = tmp_path / "chat"
-    assert main(["chat-pipeline", "--out", str(out), "--data", str(corpus), "--stage", "tokenizer", "--quiet",
-                 "vocab_size=300"]) == 0
-    written = [json.loads(line)["text"] for line in (out / "corpus.jsonl").read_text().splitlines()]
-    assert written == docs[:40]
+    assert main(["chat-pipeline", "--out", str(out), "--data", str(corpus), "--stage", "tokenizer", "--stage", "base",
+                 "--quiet", "vocab_size=300", "val_fraction=0.2", "base.train.max_steps=2", "base.train.eval_every=0",
+                 "base.model.block_size=32", "base.data.sample_tokens=0"]) == 0
+    assert not (out / "corpus.jsonl").exists()
     stats = json.loads((out / "tokenizer" / "stats.json").read_text())
-    assert stats["documents"] == 40 and stats["duplicates_dropped"] == 80
+    assert stats["corpus"] == str(corpus) and stats["val_bytes"] > 0 and "documents" not in stats
+    manifest = json.loads(next((tmp_path / "cache" / "prepared").glob("corpus.jsonl-*/manifest.json")).read_text())
+    assert manifest["documents_read"] == 120 and manifest["duplicates_dropped"] == 80

@@ -298,3 +298,31 @@ def test_load_conversations_empty_or_missing(tmp_path):
         load_conversations(write_lines(tmp_path / "empty.jsonl", ["", "  "]))
     with pytest.raises(ChatDataError, match="cannot read"):
         load_conversations(tmp_path / "missing.jsonl")
+
+
+def test_load_conversations_from_a_saved_dataset(tmp_path):
+    """A hub dataset's "messages" column (hf:NAME, e.g. smol-smoltalk) or a folder saved with
+    save_to_disk: each row checked as a JSONL line is."""
+    datasets = pytest.importorskip("datasets")
+    GOOD_MESSAGES = [GOOD[0]["messages"], [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]]
+    ds = datasets.Dataset.from_dict({"messages": GOOD_MESSAGES, "source": ["a"] * len(GOOD_MESSAGES)})
+    datasets.DatasetDict(train=ds, test=ds.select([0])).save_to_disk(str(tmp_path / "chats"))
+    assert load_conversations(tmp_path / "chats") == GOOD_MESSAGES
+    assert load_conversations(tmp_path / "chats", split="test") == GOOD_MESSAGES[:1]
+    bad = datasets.Dataset.from_dict({"messages": [[{"role": "robot", "content": "x"}]]})
+    bad.save_to_disk(str(tmp_path / "bad"))
+    with pytest.raises(ChatDataError, match="row 1: message 0 has role 'robot'"):
+        load_conversations(tmp_path / "bad")
+    datasets.Dataset.from_dict({"text": ["x"]}).save_to_disk(str(tmp_path / "no-messages"))
+    with pytest.raises(ChatDataError, match="messages"):
+        load_conversations(tmp_path / "no-messages")
+
+
+def test_a_bad_conversations_file_is_a_one_line_error_from_the_cli(tmp_path, capsys, chat_run):
+    from speedrun.cli import main
+
+    path = write_lines(tmp_path / "chats.jsonl", ['{"messages": 3}'])
+    assert main(["train", "chat-sft", f"data.conversations={json.dumps(str(path))}",
+                 f"data.tokenizer_file={json.dumps(str(chat_run / 'tokenizer.json'))}", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "chats.jsonl line 1" in err and "Traceback" not in err

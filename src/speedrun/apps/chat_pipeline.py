@@ -38,6 +38,7 @@ from ..config import (
 from ..rundir import ChatRunDir, RunDir
 
 BASE, SFT = ChatRunDir.BASE, ChatRunDir.SFT
+COMPRESSION_CHARS = 5_000_000  # validation text the tokenizer's bytes per token are measured on
 STAGES = ("tokenizer", BASE, f"eval_{BASE}", SFT, f"eval_{SFT}", "report")  # each is a method stage_<name>
 
 
@@ -143,8 +144,11 @@ class Pipeline:
 
     def base_config(self) -> Config:
         c = self.cfg
+        # the user's corpus is read where it is, streamed (prepare); the default one is written here
+        source = {"data.source": c.corpus, "data.text_field": c.text_field} if c.corpus else {
+            "data.source": str(self.folder.corpus_file)}
         return stage_config(BASE, c.base_recipe, self.base_overrides, {
-            "data.source": str(self.folder.corpus_file), "data.tokenizer_file": str(self.tokenizer_file),
+            **source, "data.tokenizer_file": str(self.tokenizer_file),
             "data.val_fraction": c.val_fraction, "train.seed": c.seed, "device": c.device})
 
     def sft_config(self) -> Config:
@@ -158,22 +162,36 @@ class Pipeline:
 
     # --- stages ---------------------------------------------------------
     def stage_tokenizer(self) -> dict:
-        from ..data import load_documents, split_documents, unique_documents
+        """The chat tokenizer, trained on at most the base recipe's data.tokenizer_chars characters
+        of the corpus's training documents, streamed; its compression measured on up to
+        COMPRESSION_CHARS of the validation documents."""
         from ..chat.corpus import python_docs
         from ..chat.template import train_chat_tokenizer
+        from ..data import iter_documents, unique_documents
+        from ..data.encode import within_budget
+        from ..data.split import TRAIN, VAL, split_of
 
-        c = self.cfg
-        loaded = load_documents(c.corpus, c.text_field) if c.corpus else python_docs()
-        # an exact copy on both sides of the split would score the base model on text it trained on
-        docs = unique_documents(loaded)
-        self.folder.write_corpus(docs)
-        train_docs, val_docs, _ = split_documents(docs, c.val_fraction, self.base_config().data.split_seed)
-        tok = train_chat_tokenizer(train_docs, c.vocab_size, progress=self.progress)
+        c, data = self.cfg, self.base_config().data
+        counts = {}
+        if not c.corpus:
+            loaded = python_docs()
+            docs = unique_documents(loaded)
+            self.folder.write_corpus(docs)
+            counts = {"documents": len(docs), "duplicates_dropped": len(loaded) - len(docs),
+                      "corpus_bytes": sum(len(d.encode()) for d in docs)}
+
+        def documents(split: int):
+            docs = iter_documents(data.source, data.text_field)
+            return (d for d in docs if split_of(d, data.split_seed, data.val_fraction, data.test_fraction) == split)
+
+        tok = train_chat_tokenizer(within_budget(documents(TRAIN), data.tokenizer_chars), c.vocab_size,
+                                   progress=self.progress)
+        val_docs = list(within_budget(documents(VAL), COMPRESSION_CHARS))
         val_bytes = sum(len(d.encode()) for d in val_docs)
         val_tokens = sum(len(tok.encode(d)) for d in val_docs)
-        stats = {"vocab_size": tok.vocab_size, "documents": len(docs), "duplicates_dropped": len(loaded) - len(docs),
+        stats = {"vocab_size": tok.vocab_size, **counts,
                  "corpus": c.corpus or "Python's documentation (pydoc topics and standard-library docstrings)",
-                 "corpus_bytes": sum(len(d.encode()) for d in docs),
+                 "tokenizer_chars": data.tokenizer_chars, "val_bytes": val_bytes,
                  "val_bytes_per_token": val_bytes / max(val_tokens, 1)}
         self.folder.write_tokenizer(tok, stats)
         self.say(f"[tokenizer] {tok.vocab_size} tokens, {stats['val_bytes_per_token']:.2f} bytes/token "

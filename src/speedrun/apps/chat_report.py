@@ -95,9 +95,10 @@ def write_chat_report(out: str | Path, state: dict | None = None) -> Path:
     lines += [f"| {name} | {s.get('seconds', 0.0):.1f} |" for name, s in stages.items() if name != "report"]
     lines += [f"| **total** | **{total:.1f}** ({total / 60:.1f} min) |", ""]
     if tok:
-        lines += ["## Tokenizer", "", f"- corpus: {tok['corpus']} ({tok['documents']:,} documents after dropping "
-                  f"{tok.get('duplicates_dropped', 0):,} exact duplicates, "
-                  f"{tok['corpus_bytes'] / 1e6:.2f} MB)",
+        counted = (f" ({tok['documents']:,} documents after dropping {tok.get('duplicates_dropped', 0):,} exact "
+                   f"duplicates, {tok['corpus_bytes'] / 1e6:.2f} MB)" if "documents" in tok
+                   else " (streamed: the base stage's prepared dataset counts its documents)")
+        lines += ["## Tokenizer", "", f"- corpus: {tok['corpus']}{counted}",
                   f"- vocabulary: {tok['vocab_size']:,} tokens (BPE, chat special tokens, one token per digit)",
                   f"- compression on held-out text: {tok['val_bytes_per_token']:.2f} bytes per token", ""]
     if runs:

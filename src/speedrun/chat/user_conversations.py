@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import jsonl_records
+from ..data import DataError, jsonl_records
+from ..data.sources import dataset_rows
 
 
-class ChatDataError(ValueError):
+class ChatDataError(DataError):
     """A conversations file the user can fix."""
 
 
@@ -15,14 +16,31 @@ ROLES = ("system", "user", "assistant")
 PART_TYPES = ("text", "tool_call", "tool_output")
 
 
-def load_conversations(path) -> list[list[dict]]:
-    """Conversations from JSONL: one {"messages": [...]} object, or a bare list of
-    messages, per line. Every line is checked, so training never meets a bad one."""
+def load_conversations(path, split: str = "train") -> list[list[dict]]:
+    """Conversations from JSONL (one {"messages": [...]} object, or a bare list of messages,
+    per line), or from the "messages" column of a hub dataset (hf:NAME, e.g.
+    hf:HuggingFaceTB/smol-smoltalk) or of a folder saved with `save_to_disk`. Every
+    conversation is checked, so training never meets a bad one."""
+    try:
+        rows = dataset_rows(str(path), "messages", split)
+    except DataError as e:
+        raise ChatDataError(str(e)) from None
+    if rows is not None:
+        conversations = []
+        for n, messages in enumerate(rows, 1):
+            problem = _conversation_problem(messages)
+            if problem:
+                raise ChatDataError(f"{path} row {n}: {problem}")
+            conversations.append(messages)
+        if not conversations:
+            raise ChatDataError(f"{path} has no conversations in its {split!r} split")
+        return conversations
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
-        raise ChatDataError(f"cannot read conversations from {path} ({e}); give a UTF-8 JSONL file") from None
+        raise ChatDataError(f"cannot read conversations from {path} ({e}); give a UTF-8 JSONL file, "
+                            f"hf:NAME or a saved dataset folder") from None
     conversations = []
     for n, record in jsonl_records(text, path, '{"messages": [...]}', ChatDataError):
         problem = _conversation_problem(record)
