@@ -55,3 +55,7 @@ def chat_run(tmp_path_factory):
     (path / "tokenizer.json").write_text(tok.to_json(), encoding="utf-8")
     save_checkpoint(run.checkpoint("last"), model.state_dict(), {"config": to_dict(cfg), "tokenizer": tok.to_json()})
     return path
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU; skipped without one")
