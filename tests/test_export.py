@@ -91,16 +91,18 @@ def assert_same_model(model: GPT, out, pad_id: int) -> float:
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_bundled_recipes_export_to_transformers_with_the_same_logits(recipe, char_tok, chat_tok, tmp_path):
-    """Recipes that smear or add a bigram embedding (speed records' options) are refused,
-    naming the setting; trained with them off, they export like the rest."""
+    """Recipes that smear, add a bigram embedding (speed records' options) or soft-cap the
+    logits (base-d20, as nanochat) are refused, naming the setting; trained with them off,
+    they export like the rest."""
     cfg = load_config(recipe)
     tok = chat_tok if recipe.startswith("chat") else char_tok
-    for option in ("smear", "bigram"):
+    for option, off, named in (("smear", False, "false"), ("bigram", False, "false"), ("logit_softcap", 0.0, "0")):
         if getattr(cfg.model, option):
-            with pytest.raises(ConfigError, match=f"model.{option}=false"):
+            with pytest.raises(ConfigError, match=f"model.{option}={named}"):
                 hf_architecture(cfg.model)
-            setattr(cfg.model, option, False)
+            setattr(cfg.model, option, off)
     cfg.model = shrunk(cfg.model, tok.vocab_size)
+    cfg.train.batch_tokens = 0  # its grad_accum was derived for the recipe's context, not the shrunk one
     model = random_model(cfg.model)
     result = export_run(make_run(tmp_path / "run", cfg, model, tok), tmp_path / "hf")
     assert result["max_logit_diff"] <= TOLERANCE
