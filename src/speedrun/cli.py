@@ -122,7 +122,7 @@ def cmd_sample(args) -> int:
     model, tok, cfg, rt = load_model(args.run_dir, args.device)
     # No prompt: start a fresh document, after an end-of-document token.
     start = tok.encode(args.prompt) if args.prompt else [tok.eot_id]
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator(device=rt.device).manual_seed(args.seed)
     idx = torch.tensor([start], device=rt.device)
     with rt.generation_autocast():
         out = generate(model, idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,

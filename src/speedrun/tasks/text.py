@@ -172,7 +172,7 @@ class TextTask(Task):
     def sample(self, model, rt: Runtime, step: int) -> str:
         tok = self.tokenizer
         prompt = tok.encode(self.cfg.sample_prompt) if self.cfg.sample_prompt else [tok.eot_id]
-        g = torch.Generator().manual_seed(self.seed + step)
+        g = torch.Generator(device=rt.device).manual_seed(self.seed + step)  # multinomial wants it on the logits' device
         idx = torch.tensor([prompt], device=rt.device)  # generate() keeps to the last block itself
         with evaluating(model), rt.autocast():
             out = generate(model, idx, self.cfg.sample_tokens, self.cfg.temperature, self.cfg.top_k,
