@@ -36,11 +36,15 @@ def should_compile(cfg: Config, rt: Runtime, total_steps: int | None, tokens_per
 
 def warm_up(step_fn, optimizer, rt: Runtime, batch_size: int, block_size: int) -> None:
     """Compile now: one forward and backward of a training-shaped batch of zeros, its
-    gradients dropped and the global RNG left as it was (dropout draws from it)."""
+    gradients dropped and the global RNGs left as they were (dropout draws from them: the
+    CPU's, or the GPU's on CUDA)."""
     x = torch.zeros(batch_size, block_size, dtype=torch.long, device=rt.device)
     rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(rt.device) if rt.device.type == "cuda" else None  # dropout's, on a GPU
     with rt.autocast():
         _, loss = step_fn(x, x)
     loss.backward()
     optimizer.zero_grad(set_to_none=True)
     torch.set_rng_state(rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state(cuda_rng, rt.device)
