@@ -14,6 +14,12 @@ from speedrun.optim import param_groups
 from speedrun.plan import budget_steps, make_plan, model_sizes
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Plans read the MFU runs remembered in the cache: never the user's."""
+    monkeypatch.setenv("SPEEDRUN_CACHE", str(tmp_path / "cache"))
+
+
 def plan_json(capsys, *args) -> dict:
     capsys.readouterr()
     assert main(["plan", *args, "--json"]) == 0
@@ -162,7 +168,7 @@ def test_plan_on_a_cpu_uses_the_prepared_vocabulary_and_what_runs_reached(tmp_pa
                  "data.doc_per_line=true", "--quiet"]) == 0
     cfg = load_config("shakespeare-bpe", ["data.vocab_size=300"])
     remember_mfu(torch.device("cpu"), torch.float32, model_sizes(cfg, 300).flops_per_token, 0.25,
-                 "shakespeare-bpe", 8192)
+                 "shakespeare-bpe", 8192, 1e11)
     after = plan_json(capsys, *args)
     assert after["vocab_from"] == "the prepared dataset" and after["vocab_size"] <= 300
     assert after["mfu"] == 0.25 and "shakespeare-bpe" in after["mfu_from"]
@@ -180,3 +186,19 @@ def test_plan_errors_are_one_line(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_gpu_plan_uses_what_a_run_on_that_gpu_reached(tmp_path, monkeypatch, capsys):
+    """A run on an H100 remembers its MFU against the measured matmul peak; a plan for
+    --gpu h100 then uses it, restated against the data sheet's peak, instead of the assumed 40%."""
+    monkeypatch.setenv("SPEEDRUN_CACHE", str(tmp_path / "cache"))
+    assert plan_json(capsys, "gpt2-124m", "--gpu", "h100")["mfu_from"].startswith("assumed")
+    (tmp_path / "cache").mkdir()
+    fpt = model_sizes(load_config("gpt2-124m"), 50304).flops_per_token
+    key = "NVIDIA H100 80GB HBM3|cuda|bfloat16|threads=8"
+    entry = {"recipe": "gpt2-124m", "flops_per_token": fpt, "tokens_per_step": 524288, "mfu": 0.5,
+             "peak_flops": 700e12, "measured": "2026-12-06 12:00:00"}
+    (tmp_path / "cache" / "mfu.json").write_text(json.dumps({key: [entry]}))
+    p = plan_json(capsys, "gpt2-124m", "--gpu", "h100")
+    assert p["mfu"] == pytest.approx(0.5 * 700e12 / 989e12) and "H100" in p["mfu_from"]
+    assert plan_json(capsys, "gpt2-124m", "--gpu", "a100")["mfu_from"].startswith("assumed")  # not an A100's

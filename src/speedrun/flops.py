@@ -108,9 +108,10 @@ def _mfu_path():
 
 
 def remember_mfu(device: torch.device, dtype: torch.dtype, flops_per_token: float, mfu: float,
-                 recipe: str, tokens_per_step: int) -> None:
-    """Keep the training MFU a finished run reached on this machine, one entry per recipe and
-    shape, so that a plan of a similar run uses what such runs reach here."""
+                 recipe: str, tokens_per_step: int, peak: float) -> None:
+    """Keep the training MFU a finished run reached on this machine (against `peak`, the
+    measured one), one entry per recipe and shape, so that a plan of a similar run uses what
+    such runs reach here."""
     path = _mfu_path()
     try:
         cache = json.loads(path.read_text())
@@ -119,7 +120,7 @@ def remember_mfu(device: torch.device, dtype: torch.dtype, flops_per_token: floa
     entries = [e for e in cache.get(peak_key(device, dtype), [])
                if not (e["recipe"] == recipe and e["flops_per_token"] == flops_per_token)]
     entries.append({"recipe": recipe, "flops_per_token": flops_per_token, "tokens_per_step": tokens_per_step,
-                    "mfu": mfu, "measured": time.strftime("%Y-%m-%d %H:%M:%S")})
+                    "mfu": mfu, "peak_flops": peak, "measured": time.strftime("%Y-%m-%d %H:%M:%S")})
     cache[peak_key(device, dtype)] = entries[-50:]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
@@ -127,13 +128,20 @@ def remember_mfu(device: torch.device, dtype: torch.dtype, flops_per_token: floa
     tmp.replace(path)
 
 
-def known_mfu(device: torch.device, dtype: torch.dtype, flops_per_token: float) -> dict | None:
-    """The remembered run on this machine, device and dtype nearest in FLOPs per token (by
-    ratio), or None when no run has finished here."""
-    try:
-        entries = json.loads(_mfu_path().read_text()).get(peak_key(device, dtype), [])
-    except (OSError, ValueError, AttributeError):
-        return None
+def known_mfu(device: torch.device, dtype: torch.dtype, flops_per_token: float, gpu_name: str = "") -> dict | None:
+    """The remembered run nearest in FLOPs per token (by ratio): on this machine, device and
+    dtype, or with `gpu_name` on any CUDA GPU whose name holds it (e.g. "H100") in that dtype.
+    None when no such run has finished."""
     import math
 
-    return min(entries, key=lambda e: abs(math.log(e["flops_per_token"] / flops_per_token)), default=None)
+    try:
+        cache = json.loads(_mfu_path().read_text())
+        if gpu_name:
+            wanted = f"|cuda|{str(dtype).replace('torch.', '')}|"
+            entries = [e for key, found in cache.items() if wanted in key
+                       and gpu_name.lower() in key.split("|")[0].lower() for e in found]
+        else:
+            entries = cache.get(peak_key(device, dtype), [])
+        return min(entries, key=lambda e: abs(math.log(e["flops_per_token"] / flops_per_token)), default=None)
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None

@@ -56,6 +56,7 @@ CPU_COMPILE_SECONDS = 30.0  # torch.compile of a small step on 2 CPU cores, assu
 @dataclass(frozen=True)
 class GpuKind:
     name: str
+    match: str  # what the GPU's name holds, for the runs remembered on one (flops.known_mfu)
     peak: float  # dense bf16 FLOP/s, as published
     memory: float  # bytes
     price: float | None  # USD per GPU-hour, when a published figure gives one
@@ -63,11 +64,11 @@ class GpuKind:
 
 
 GPUS = {
-    "h100": GpuKind("NVIDIA H100 SXM 80GB", 989e12, 80 * GIB, 3.0,
+    "h100": GpuKind("NVIDIA H100 SXM 80GB", "H100", 989e12, 80 * GIB, 3.0,
                     "NVIDIA H100 datasheet: 989 TFLOP/s dense BF16 (SXM); $3/GPU-hour is nanochat's "
                     "$24/hour 8 x H100 node"),
-    "a100": GpuKind("NVIDIA A100 SXM 80GB", 312e12, 80 * GIB, None, "NVIDIA A100 datasheet: 312 TFLOP/s dense BF16"),
-    "4090": GpuKind("NVIDIA GeForce RTX 4090", 165.2e12, 24 * GIB, None,
+    "a100": GpuKind("NVIDIA A100 SXM 80GB", "A100", 312e12, 80 * GIB, None, "NVIDIA A100 datasheet: 312 TFLOP/s dense BF16"),
+    "4090": GpuKind("NVIDIA GeForce RTX 4090", "4090", 165.2e12, 24 * GIB, None,
                     "NVIDIA Ada whitepaper: 165.2 TFLOP/s dense BF16 with FP32 accumulate"),
 }
 
@@ -250,6 +251,14 @@ def make_plan(cfg: Config, gpus: int = 1, gpu: str = "cpu", mfu: float | None = 
         peak, peak_from, device_memory, act_bytes = kind.peak, kind.source, kind.memory, 2
         kind_name = kind.name
         price = kind.price if price is None else price
+        from .flops import known_mfu
+
+        known = known_mfu(torch.device("cuda"), dtype, sizes.flops_per_token, gpu_name=kind.match)
+        if mfu is None and known is not None and known.get("peak_flops"):
+            # a run measures against the GPU's measured matmul peak; the plan's is the data sheet's
+            mfu = known["mfu"] * known["peak_flops"] / kind.peak
+            mfu_from = (f"reached by {known['recipe']} on a {kind.match} ({known['flops_per_token']:,.0f} FLOPs "
+                        f"per token, {known['measured']}), against the data-sheet peak")
         if dtype == torch.float32:
             notes.append("dtype float32 on a GPU: the plan's peak is bf16's; expect far lower throughput")
     if mfu is None:

@@ -363,7 +363,7 @@ class Trainer:
         summary["wall_seconds"] = self.wall_seconds()
         if self.dist.is_main and self.train_clock.seconds >= MFU_WORTH_REMEMBERING:
             remember_mfu(self.rt.device, self.rt.dtype, self.flops_per_token, summary["mfu"],
-                         cfg.recipe or cfg.task, self.tokens_per_step)
+                         cfg.recipe or cfg.task, self.tokens_per_step, self.peak_flops)
         return summary
 
     def done_line(self, summary: dict, final: dict) -> str:
