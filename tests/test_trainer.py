@@ -249,3 +249,36 @@ def test_checkpoint_of_another_shape_is_a_clear_error(tmp_path, corpus):
     wide.run = small.run  # the wider model pointed at the smaller model's checkpoint
     with pytest.raises(ConfigError, match="checkpoint does not match the model in the config"):
         wide.train(resume=True)
+
+
+def test_process_start_is_the_processs_own_start_not_its_import_of_speedrun(tmp_path):
+    """Every headline figure starts at process start. A child that sleeps 1.5 s before it
+    imports speedrun must read a start ~1.5 s before the import, and its parent, which
+    noted the time just before launching it, must see that start within the launch's
+    own latency (if process_start fell back to import time, the gap would be ~1.5 s)."""
+    import subprocess
+    import sys
+
+    code = ("import time; time.sleep(1.5); before = time.perf_counter(); "
+            "from speedrun.clock import process_start; print(process_start(), before)")
+    launched = time.perf_counter()  # CLOCK_MONOTONIC: the same clock in parent and child on Linux
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    start, imported = map(float, out.split())
+    assert imported - start >= 1.4  # the sleep before the import counts
+    assert -0.05 <= start - launched <= 0.5  # the child's start is its launch, give or take a clock tick
+
+
+def test_run_state_round_trips_through_a_checkpoint_and_names_its_stop_reasons():
+    from speedrun.trainer import RunState, StopReason
+
+    state = RunState.fresh(torch.device("cpu"))
+    state.step, state.setup_seconds, state.best_val_loss, state.time_to_target = 42, 1.5, 2.25, 9.0
+    state.train_clock.seconds, state.compile_clock.seconds = 7.0, 3.0
+    state.stopped_by, state.skipped_steps = StopReason.TARGET, 2
+    saved = state.saved(wall_seconds=12.0)
+    assert saved["step"] == 42 and saved["train_seconds"] == 7.0 and saved["wall_seconds"] == 12.0
+    assert "stopped_by" not in saved and "skipped_steps" not in saved  # this process's, not the run's
+    back = RunState.restored(saved, torch.device("cpu"))
+    assert (back.step, back.best_val_loss, back.time_to_target, back.train_clock.seconds) == (42, 2.25, 9.0, 7.0)
+    assert back.wall_before == 12.0 and back.stopped_by == StopReason.STEPS
+    assert json.dumps(StopReason.TIME_BUDGET) == '"time_budget"'  # summary.json keeps its strings
