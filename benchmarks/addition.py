@@ -46,16 +46,11 @@ def time_reference(iters: int = 20, warmup: int = 2) -> float:
     import torch
 
     from speedrun.config import load_config
-    from speedrun.device import setup_runtime
-    from speedrun.optim import build_optimizer
+    from speedrun.run import Run
     from speedrun.step import train_step
-    from speedrun.tasks import build_model, build_task
 
-    cfg = load_config("addition-reference")
-    rt = setup_runtime(cfg.device, cfg.dtype, cfg.model.n_embd)
-    task = build_task(cfg)
-    model = build_model(cfg, task, rt)
-    optimizer = build_optimizer(model, cfg.optim, rt.dtype)
+    rt, parts = Run(load_config("addition-reference")).parts()
+    cfg, task, model, optimizer = parts.cfg, parts.task, parts.model, parts.optimizer
     generator = torch.Generator().manual_seed(0)
     for _ in range(warmup):
         train_step(model, model, optimizer, task, cfg, rt, generator)

@@ -13,6 +13,7 @@ within 15% of AdamW's tokens per second everywhere.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -32,7 +33,7 @@ TARGET_RATIO = 0.85
 
 def main() -> None:
     from speedrun.config import load_config
-    from speedrun.device import setup_runtime
+    from speedrun.run import Run
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -53,7 +54,7 @@ def main() -> None:
                     cfg = load_config(recipe, data + extra + overrides + [f"dtype={dtype}"])
                     tokens = cfg.train.batch_size * cfg.model.block_size
                     rates[name].append(tokens / time_steps(cfg, args.steps, args.warmup)[0])
-            resolved = setup_runtime("cpu", dtype, cfg.model.n_embd).dtype_name
+            resolved = Run(dataclasses.replace(cfg, device="cpu")).runtime().dtype_name
             adamw, muon = (statistics.median(rates[n]) for n in OPTIMIZERS)
             verdict = "met" if muon / adamw >= TARGET_RATIO else "MISSED"
             print(f"{shape:<46} {dtype + '=' + resolved:>8} {adamw:>12,.0f} {muon:>11,.0f} "

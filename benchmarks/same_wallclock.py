@@ -51,10 +51,9 @@ def cold_run(recipe: str, data: Path, out: Path, extra: list[str]) -> dict:
 def resolves_to_fp32(recipe: str, overrides: list[str] = ()) -> bool:
     """Whether dtype=auto trains this recipe in fp32 on this machine (as on a CPU without native bf16)."""
     from speedrun.config import load_config
-    from speedrun.device import setup_runtime
+    from speedrun.run import Run
 
-    cfg = load_config(recipe, overrides)
-    return setup_runtime("cpu", "auto", cfg.model.n_embd).dtype_name == "float32"
+    return Run(load_config(recipe, [*overrides, "device=cpu", "dtype=auto"])).runtime().dtype_name == "float32"
 
 
 def line(label: str, seed: int, s: dict) -> str:

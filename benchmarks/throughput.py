@@ -39,16 +39,11 @@ VARIANTS = [  # (name, overrides, compile), each measured against the baseline o
 
 def time_steps(cfg, steps: int, warmup: int, compile_model: bool = False) -> tuple[float, float]:
     """(seconds per optimizer step, seconds of warm-up) for `cfg`, timed like the trainer's clock."""
-    from speedrun.device import setup_runtime
-    from speedrun.optim import build_optimizer
+    from speedrun.run import Run
     from speedrun.step import train_step
-    from speedrun.tasks import build_model, build_task
 
-    rt = setup_runtime(cfg.device, cfg.dtype, cfg.model.n_embd)
-    torch.manual_seed(cfg.train.seed)
-    task = build_task(cfg)
-    model = build_model(cfg, task, rt)
-    optimizer = build_optimizer(model, cfg.optim, rt.dtype)
+    rt, parts = Run(cfg).parts()
+    cfg, task, model, optimizer = parts.cfg, parts.task, parts.model, parts.optimizer
     step_fn = torch.compile(model) if compile_model else model
     generator = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()

@@ -19,7 +19,7 @@ LAYERS = [
     ("tasks and conversations", ["tasks", "tasks.", "chat", "chat.template", "chat.items", "chat.conversations",
                                  "chat.identity", "chat.user_conversations",
                                  "chat.calculator", "chat.engine", "chat.evaluate", "chat.corpus"]),
-    ("trainer", ["trainer"]),
+    ("trainer", ["trainer", "run"]),
     ("apps", ["apps", "apps.", "report", "verify", "export", "export.", "cli", "__main__", "__init__"]),
 ]
 

@@ -15,63 +15,40 @@ import sys
 from pathlib import Path
 
 from .chat.engine import CHAT_TEMPERATURE, CHAT_TOP_K
-from .chat.template import TemplateError
-from .checkpoint import CheckpointError
 from .config import (
     ConfigError,
     load_config,
     recipe_description,
     recipe_names,
 )
-from .data import DataError
 from .plan import GPUS
-from .tokenizer import TokenizerError
-
-USER_ERRORS = (ConfigError, CheckpointError, TokenizerError, DataError, TemplateError)
+from .run import USER_ERRORS
 
 
 def cmd_train(args) -> int:
-    from . import distributed
     from .clock import process_start
-    from .device import setup_runtime
-    from .rundir import RunDir
-    from .trainer import Diverged, Interrupted, train
+    from .run import Run
+    from .trainer import Diverged, Interrupted
 
+    started = process_start()
     if args.resume:
         if args.recipe or args.overrides or args.out or args.data:
             raise ConfigError("--resume RUN_DIR continues a run with its own config; "
                               "give no recipe, overrides, --out or --data with it")
-        run = RunDir(Path(args.resume))
-        cfg = run.resume_config()
+        run = Run.resumed(args.resume, started=started, progress=not args.quiet)
     else:
         if not args.recipe:
             raise ConfigError("name a recipe (see `speedrun recipes`) or give --resume RUN_DIR")
         overrides = list(args.overrides) + ([f"data.source={json.dumps(args.data)}"] if args.data else [])
-        cfg = load_config(args.recipe, overrides)
-        run = None
-    started = process_start()
-    rt = setup_runtime(cfg.device, cfg.dtype, cfg.model.n_embd)
-    dist = distributed.init(distributed.from_environment(), rt.device)
+        run = Run(load_config(args.recipe, overrides), out=args.out, started=started, progress=not args.quiet)
     try:
-        if run is None:  # rank 0 makes the run directory; the others use its path
-            path = distributed.share(dist, str(RunDir.create(cfg, args.out).path) if dist.is_main else None)
-            run = RunDir(Path(path))
-        if dist.is_main:
-            print(f"run directory: {run.path}" + (f" ({dist.world} processes)" if dist.enabled else ""), flush=True)
-        try:
-            train(cfg, run, rt, progress=not args.quiet, resume=bool(args.resume), dist=dist, started=started)
-        except USER_ERRORS:
-            if dist.is_main and not args.resume and not run.checkpoints.exists():
-                shutil.rmtree(run.path)  # a run that never started leaves no folder to clash with a retry
-            raise
-        except Interrupted:
-            return 130
-        except Diverged as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        return 0
-    finally:
-        distributed.close(dist)
+        run.execute()
+    except Interrupted:
+        return 130
+    except Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_prepare(args) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -113,6 +114,12 @@ class RunDir:
     def has_checkpoint(self, name: str = "last") -> bool:
         return self.checkpoint(name).is_file()
 
+    def discard_unstarted(self) -> None:
+        """Remove the folder of a run that wrote no checkpoint (it stopped before training, or
+        is to begin again), so that it does not clash with the next attempt's --out."""
+        if self.path.exists() and not self.checkpoints.exists():
+            shutil.rmtree(self.path)
+
     def save_checkpoint(self, name: str, model_state: dict, state: dict) -> None:
         from .checkpoint import save_checkpoint
 
@@ -143,10 +150,11 @@ class RunDir:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write through a temporary file, so a crash leaves the old file or the new one,
-    never half of one; NaN and infinity are written as null."""
+    """speedrun's one JSON writer (summaries, states, exports): through a temporary file, so
+    a crash leaves the old file or the new one, never half of one; UTF-8 as it is; NaN and
+    infinity written as null."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_finite(data), indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(_finite(data), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp.replace(path)
 
 

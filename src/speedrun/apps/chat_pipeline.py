@@ -199,19 +199,15 @@ class Pipeline:
         return {"val_bytes_per_token": stats["val_bytes_per_token"]}
 
     def train_stage(self, name: str, cfg) -> dict:
-        from ..device import setup_runtime
-        from ..trainer import train
+        from ..run import Run
 
+        started = time.perf_counter()  # the stage's budget counts from the stage's start, its setup included
         run = self.folder.run(name)
-        resume = run.has_checkpoint()
-        if not resume:
-            if run.path.exists():
-                import shutil
-
-                shutil.rmtree(run.path)  # a start that wrote no checkpoint: begin again
-            run = RunDir.create(cfg, str(run.path))
-        rt = setup_runtime(cfg.device, cfg.dtype, cfg.model.n_embd)  # auto weighs the width, as `speedrun train` does
-        summary = train(cfg, run, rt, progress=self.progress, resume=resume)
+        if run.has_checkpoint():
+            summary = Run(cfg, started=started, progress=self.progress, resume_dir=run).execute()
+        else:
+            run.discard_unstarted()  # a start that wrote no checkpoint: begin again
+            summary = Run(cfg, out=run.path, started=started, progress=self.progress).execute()
         keep = ("val_loss", "val_bpb")
         return {"train_seconds": summary["train_seconds"], "steps": summary["steps"],
                 "tokens_per_second": summary["tokens_per_second"], "mfu": summary["mfu"],

@@ -17,7 +17,8 @@ from ..rundir import RunDir, load_run_model
 from ..tokenizer import load_tokenizer
 from .mapping import HF_CLASSES, hf_architecture, import_tensors, tensor_entries
 from .to_gguf import gguf_check, read_gguf, write_gguf
-from .to_hf import write_hf, write_json
+from ..rundir import write_json
+from .to_hf import write_hf
 
 FORMAT = "speedrun-export-1"
 META_FILE = "speedrun.json"

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..chat.engine import CHAT_TEMPERATURE, CHAT_TOP_K
 from ..config import Config, ModelConfig
 from ..model import GPT
+from ..rundir import write_json
 from .mapping import (
     ACTIVATIONS,
     HF_CLASSES,
@@ -111,10 +112,6 @@ def write_hf_tokenizer(tok, out: Path, block_size: int) -> None:
     write_json(out / "tokenizer_config.json", config)
     if is_chat(tok):
         (out / "chat_template.jinja").write_text(chat_template_jinja(), encoding="utf-8")
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def write_hf(model: GPT, tok, cfg: Config, out: Path) -> None:
