@@ -147,3 +147,8 @@ def test_no_bundled_recipe_forces_bf16():
     for name in recipe_names():
         assert read_recipe(name)[1].get("dtype", "auto") == "auto", name
         assert load_config(name).dtype == "auto", name
+
+
+def test_float16_is_refused_with_what_to_use_instead():
+    with pytest.raises(ConfigError, match="gradient scaler.*dtype=bfloat16"):
+        load_config("shakespeare-char", ["dtype=float16"])

@@ -386,6 +386,10 @@ def config_from_dict(table: dict, recipe_name: str = "") -> Config:
 
 def _validate(cfg: Config) -> None:
     m, t = cfg.model, cfg.train
+    if cfg.dtype == "float16":
+        raise ConfigError("dtype = float16 would train without the gradient scaler fp16 needs (and run Muon's "
+                          "Newton-Schulz in fp16); use dtype=bfloat16 (GPUs since Ampere, CPUs with AVX-512 "
+                          "BF16 or AMX) or dtype=float32")
     if m.n_embd % m.n_head:
         raise ConfigError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
     if m.pos == "rope" and (m.n_embd // m.n_head) % 2:

@@ -1,14 +1,20 @@
 """Device and precision: pick the fastest thing the hardware really supports.
 
-`auto` prefers CUDA, then MPS, then CPU. Precision comes from one decision,
-`native_bf16(device)`: bf16 autocast is used only where the hardware runs bf16
-matmuls natively (CUDA with bf16 support, CPUs with AVX-512 BF16 or AMX).
-Without it, bf16 is emulated and ~3x slower than fp32, so everything that picks
-a dtype (autocast, Muon's Newton-Schulz, generation) follows `Runtime.dtype`,
-which this module derives from that one answer. On a CPU, bf16 also needs
-matrices wide enough for its faster matmuls to outweigh the casts
-(`CPU_BF16_MIN_WIDTH`). Weights stay fp32 either way (autocast only changes the
-precision of the matrix multiplications).
+`auto` prefers CUDA, then MPS, then CPU. Every precision rule lives here:
+
+1. `native_bf16(device)`: bf16 only where the hardware runs bf16 matmuls natively
+   (CUDA with bf16 support, CPUs with AVX-512 BF16 or AMX). Emulated bf16 is ~3x
+   slower than fp32, so without it everything runs fp32 (`Runtime.dtype`).
+2. On a CPU, bf16 pays only for matrices wide enough that the faster matmuls outweigh
+   the casts: the run's autocast from a model width of CPU_BF16_MIN_WIDTH
+   (`pick_dtype`), Muon's Newton-Schulz from a matrix of CPU_NS_BF16_MIN_SIZE in
+   both dimensions (`newton_schulz_dtype`); the two thresholds were measured apart
+   because autocast pays its casts per layer and Newton-Schulz once per matrix.
+3. Generating one token at a time, a CPU stays in fp32 (`Runtime.generation_autocast`).
+
+float16 is refused (config): it needs a gradient scaler speedrun does not have.
+Weights stay fp32 either way (autocast only changes the precision of the matrix
+multiplications).
 """
 
 from __future__ import annotations
@@ -24,12 +30,15 @@ import torch
 
 from .config import ConfigError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # float16 is refused (config)
 
 # Measured on a Zen 4 EPYC with AVX-512 BF16: a `shakespeare-char` step (width 128) runs at 0.67x
 # fp32's speed under bf16 autocast (casts outweigh the faster matmuls); `chat-base`'s 4 x 192 at
 # 1.40-1.51x and round one's 4 x 256 at 1.52-1.64x (context 256, batch 16).
 CPU_BF16_MIN_WIDTH = 192
+# Newton-Schulz runs in bf16 on a CPU only for matrices at least this large in both dimensions:
+# even native bf16 matmuls run slower below it (measured on Zen 4: 3x slower at 96x32 and at 384x128).
+CPU_NS_BF16_MIN_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,15 @@ def native_bf16(device_type: str) -> bool:
     if device_type == "cpu":
         return cpu_supports_bf16()
     return False
+
+
+def newton_schulz_dtype(p: torch.Tensor, compute_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of Muon's Newton-Schulz for p: the run's matmul dtype (`Runtime.dtype`:
+    emulated bf16 made Muon 6.5x slower than AdamW on a CPU without AVX-512), except fp32
+    for small matrices on a CPU (CPU_NS_BF16_MIN_SIZE)."""
+    if compute_dtype == torch.float32 or (p.device.type == "cpu" and min(p.shape) < CPU_NS_BF16_MIN_SIZE):
+        return torch.float32
+    return compute_dtype
 
 
 def pick_device(name: str) -> torch.device:

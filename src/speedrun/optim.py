@@ -15,13 +15,11 @@ import torch
 import torch.nn as nn
 
 from .config import OptimConfig
+from .device import newton_schulz_dtype
 
 # Coefficients of the quintic Newton-Schulz iteration tuned for speed of
 # convergence of singular values towards 1 (Keller Jordan's Muon write-up).
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
-# On a CPU, Newton-Schulz runs in bf16 only for matrices at least this large in both dimensions:
-# even native bf16 matmuls run slower below it (measured on Zen 4: 3x slower at 96x32 and at 384x128).
-CPU_NS_BF16_MIN_SIZE = 256
 
 
 def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7,
@@ -39,14 +37,6 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7,
     return (x.mT if tall else x).to(g.dtype).reshape(g.shape)
 
 
-def ns_dtype(p: torch.Tensor, compute_dtype: torch.dtype) -> torch.dtype:
-    """The dtype of Newton-Schulz for p: the run's matmul dtype (`Runtime.dtype`, bf16
-    only where the hardware runs it natively: emulated bf16 made Muon 6.5x slower than
-    AdamW on a CPU without AVX-512), except fp32 for small matrices on a CPU
-    (CPU_NS_BF16_MIN_SIZE)."""
-    if compute_dtype == torch.float32 or (p.device.type == "cpu" and min(p.shape) < CPU_NS_BF16_MIN_SIZE):
-        return torch.float32
-    return compute_dtype
 
 
 class Optimizer:
@@ -140,7 +130,7 @@ class Muon(Optimizer):
                     buf = state["momentum_buffer"]
                     buf.lerp_(p.grad, 1 - mom)
                     updates.append(p.grad.lerp(buf, mom))  # Nesterov: look ahead along the momentum
-                ortho = newton_schulz(torch.stack(updates), dtype=ns_dtype(params[0], self.compute_dtype))
+                ortho = newton_schulz(torch.stack(updates), dtype=newton_schulz_dtype(params[0], self.compute_dtype))
                 scale = max(1.0, shape[0] / shape[1]) ** 0.5
                 for p, u in zip(params, ortho.unbind(0)):
                     if wd:
