@@ -11,7 +11,7 @@ budget) runs, timed from process start to exit. Target (issue 24): predicted wit
 of measured. The page cache is dropped before the timed run where the OS allows; the
 prepared dataset is warm (the calibration made it), as it is for any second run.
 
-The record also holds the plans the README's "Bigger machines" shows (1 CPU, 1 x 4090,
+The record also holds the plans docs/guide.md's "Bigger machines" shows (1 CPU, 1 x 4090,
 1 x H100, 8 x H100), which no stopwatch here can check.
 """
 

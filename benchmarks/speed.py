@@ -83,7 +83,7 @@ def split_spec(spec: str) -> tuple[str, list[str]]:
 
 
 # The recipe in every precision `auto` can pick; then its ablation, round one's shape, in fp32 (where
-# it missed the target; its bf16 figure is in results/speed-session6.txt), first seed only.
+# it missed the target; its bf16 figure is in results/speed-session6.json), first seed only.
 CHAT_BASE_RUNS = {"chat-base": None,
                   "chat-base base.model.n_embd=256 base.model.n_head=4 base.model.mlp_ratio=4": ["float32"]}
 

@@ -58,7 +58,9 @@ def test_two_processes_match_one_and_resume_across(tmp_path, line_corpus):
             time.sleep(0.005)
         p.send_signal(signal.SIGTERM)
         code = p.wait()
-        assert code in (0, 130), code
+        # 0: it finished first; -SIGTERM: the signal met the final evaluation, after the loop's
+        # handler (the last checkpoint is whole either way); both are tried again
+        assert code in (0, 130, -signal.SIGTERM), code
         if code == 130:
             break
     assert code == 130, "the run ended before it could be stopped, five times"
