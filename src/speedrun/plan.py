@@ -219,8 +219,10 @@ def make_plan(cfg: Config, gpus: int = 1, gpu: str = "cpu", mfu: float | None = 
     """The plan of `cfg` on `gpus` devices of kind `gpu` ("cpu" or a key of GPUS)."""
     import torch
 
+    from .compilation import should_compile
     from .data.preparation import prepared_manifest
-    from .device import pick_dtype
+    from .device import Runtime, pick_dtype
+    from .flops import known_mfu, peak_flops
 
     notes = []
     mfu_from = "given (--mfu)"
@@ -235,8 +237,6 @@ def make_plan(cfg: Config, gpus: int = 1, gpu: str = "cpu", mfu: float | None = 
     if gpu == "cpu":
         device = torch.device("cpu")
         dtype = pick_dtype(cfg.dtype, device, m.n_embd)
-        from .flops import known_mfu, peak_flops
-
         peak, peak_from = peak_flops(device, dtype), "measured on this machine (flops.peak_flops)"
         known = known_mfu(device, dtype, sizes.flops_per_token)
         if mfu is None and known is not None:
@@ -246,14 +246,12 @@ def make_plan(cfg: Config, gpus: int = 1, gpu: str = "cpu", mfu: float | None = 
         act_bytes = 2 if dtype != torch.float32 else 4
         kind_name = "cpu"
     else:
-        kind = GPUS[gpu]
+        kind, device = GPUS[gpu], torch.device("cuda")
         dtype = torch.float32 if cfg.dtype == "float32" else torch.bfloat16
         peak, peak_from, device_memory, act_bytes = kind.peak, kind.source, kind.memory, 2
         kind_name = kind.name
         price = kind.price if price is None else price
-        from .flops import known_mfu
-
-        known = known_mfu(torch.device("cuda"), dtype, sizes.flops_per_token, gpu_name=kind.match)
+        known = known_mfu(device, dtype, sizes.flops_per_token, gpu_name=kind.match)
         if mfu is None and known is not None and known.get("peak_flops"):
             # a run measures against the GPU's measured matmul peak; the plan's is the data sheet's
             mfu = known["mfu"] * known["peak_flops"] / kind.peak
@@ -285,13 +283,14 @@ def make_plan(cfg: Config, gpus: int = 1, gpu: str = "cpu", mfu: float | None = 
     if isinstance(cfg.data, TextData) and cfg.data.epochs > 0 and manifest is not None:
         steps = max(1, math.ceil(cfg.data.epochs * manifest["splits"]["train"]["tokens"] / tokens_per_step))
         steps_from = f"data.epochs = {cfg.data.epochs}"
-    elif budget_steps(t, sizes.params, tokens_per_step):
-        steps = budget_steps(t, sizes.params, tokens_per_step)
+    elif budgeted := budget_steps(t, sizes.params, tokens_per_step):
+        steps = budgeted
         steps_from = (f"train.tokens_per_param = {t.tokens_per_param:g}" if t.tokens_per_param
                       else f"train.tokens = {t.tokens:,}")
     else:
         steps = t.steps
-    compiled = planned_compile(cfg, steps, step_seconds)
+    # train.compile=auto decided by the trainer's own rule, on the peak of one device as it sees it
+    compiled = should_compile(cfg, Runtime(device, dtype), steps, tokens_per_step, sizes.flops_per_token, peak)
     compile_s = (GPU_COMPILE_SECONDS if gpu != "cpu" else CPU_COMPILE_SECONDS) if compiled else 0.0
     if t.time_budget > 0:
         left = max(0.0, t.time_budget - setup - compile_s)
@@ -319,18 +318,6 @@ def make_plan(cfg: Config, gpus: int = 1, gpu: str = "cpu", mfu: float | None = 
                 sizes, t.batch_size, per_process_accum, tokens_per_step, steps, steps_from,
                 steps * tokens_per_step, steps * tokens_per_step * sizes.flops_per_token, peak, peak_from, mfu,
                 mfu_from, seconds, mem, mem_ckpt, biggest, biggest_ckpt, device_memory, price, notes)
-
-
-def planned_compile(cfg: Config, steps: int, step_seconds: float) -> bool:
-    """train.compile, with `auto` decided as the trainer decides it: by the time budget, or
-    by the steps' seconds at the plan's MFU."""
-    from .compilation import COMPILE_PAYS_AFTER_SECONDS
-
-    setting = cfg.train.compile
-    if setting != "auto":
-        return bool(setting)
-    expected = cfg.train.time_budget if cfg.train.time_budget > 0 else steps * step_seconds
-    return expected >= COMPILE_PAYS_AFTER_SECONDS
 
 
 def eval_tokens(cfg: Config, manifest: dict | None) -> int:
