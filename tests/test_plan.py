@@ -202,3 +202,18 @@ def test_a_gpu_plan_uses_what_a_run_on_that_gpu_reached(tmp_path, monkeypatch, c
     p = plan_json(capsys, "gpt2-124m", "--gpu", "h100")
     assert p["mfu"] == pytest.approx(0.5 * 700e12 / 989e12) and "H100" in p["mfu_from"]
     assert plan_json(capsys, "gpt2-124m", "--gpu", "a100")["mfu_from"].startswith("assumed")  # not an A100's
+
+
+def test_a_finished_run_remembers_its_mfu_for_the_plans(tmp_path, line_corpus, monkeypatch):
+    from speedrun import trainer as trainer_module
+    from speedrun.flops import known_mfu
+
+    monkeypatch.setattr(trainer_module, "MFU_WORTH_REMEMBERING", 0.0)  # the tiny run trains for under 5 s
+    out = tmp_path / "run"
+    assert main(["train", "shakespeare-char", "model.n_layer=1", "model.n_embd=16", "model.n_head=2",
+                 "model.block_size=16", "train.steps=3", "train.batch_size=4", "data.sample_tokens=0",
+                 "dtype=float32", "--data", str(line_corpus), "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    found = known_mfu(torch.device("cpu"), torch.float32, summary["flops_per_token"])
+    assert found["recipe"] == "shakespeare-char" and found["mfu"] == pytest.approx(summary["mfu"])
+    assert found["peak_flops"] == summary["peak_flops"]

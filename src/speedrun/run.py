@@ -39,7 +39,6 @@ class Run:
                  progress: bool = True, resume_dir: RunDir | None = None):
         self.cfg, self.out, self.progress, self.resume_dir = cfg, out, progress, resume_dir
         self.started = time.perf_counter() if started is None else started
-        self.path: Path | None = resume_dir.path if resume_dir is not None else None
 
     @classmethod
     def resumed(cls, run_dir: str | Path, started: float | None = None, progress: bool = True) -> "Run":
@@ -52,7 +51,6 @@ class Run:
         dist = distributed.init(distributed.from_environment(), rt.device)
         try:
             run = self.resume_dir or self.new_folder(dist)
-            self.path = run.path
             if dist.is_main:
                 print(f"run directory: {run.path}" + (f" ({dist.world} processes)" if dist.enabled else ""),
                       flush=True)

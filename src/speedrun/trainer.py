@@ -82,11 +82,15 @@ class RunState:
         return {key: getattr(self, name).seconds for key, name in self.CLOCKS.items()} | {
             "setup_seconds": self.setup_seconds}
 
+    @classmethod
+    def kept(cls) -> list[str]:
+        """The fields a checkpoint holds as they are (the clocks go as their seconds)."""
+        return [f.name for f in fields(cls) if f.metadata.get("saved", True) and f.name not in cls.CLOCKS.values()]
+
     def saved(self, wall_seconds: float) -> dict:
         """The checkpoint's fields: every saved one, the clocks' seconds, the wall-clock so far."""
-        kept = {f.name: getattr(self, f.name) for f in fields(self)
-                if f.metadata.get("saved", True) and f.name not in self.CLOCKS.values()}
-        return {**kept, **self.clock_seconds(), "wall_seconds": wall_seconds}
+        return {**{name: getattr(self, name) for name in self.kept()}, **self.clock_seconds(),
+                "wall_seconds": wall_seconds}
 
     @classmethod
     def restored(cls, state: dict, device: torch.device) -> "RunState":
@@ -94,9 +98,9 @@ class RunState:
         run = cls.fresh(device)
         for key, name in cls.CLOCKS.items():
             getattr(run, name).seconds = state.get(key, 0.0)
-        for f in fields(cls):
-            if f.metadata.get("saved", True) and f.name not in cls.CLOCKS.values() and f.name in state:
-                setattr(run, f.name, state[f.name])
+        for name in cls.kept():
+            if name in state:
+                setattr(run, name, state[name])
         if run.best_val_loss is None:
             run.best_val_loss = math.inf
         run.wall_before = state.get("wall_seconds", state["train_seconds"])
@@ -225,6 +229,9 @@ class Trainer:
             self.record(final, final=True)
             summary = self.summary(final)
             self.run.write_summary(summary)
+            if self.state.train_clock.seconds >= MFU_WORTH_REMEMBERING:  # for `speedrun plan`
+                remember_mfu(self.rt.device, self.rt.dtype, self.flops_per_token, summary["mfu"],
+                             cfg.recipe or cfg.task, self.tokens_per_step, self.peak_flops)
             self.say(self.done_line(summary, final))
             return summary
         except Interrupted as e:
@@ -415,9 +422,6 @@ class Trainer:
         if "exact_match" in final:
             summary["time_to_verified"] = self.state.time_to_verified
         summary["wall_seconds"] = self.wall_seconds()
-        if self.dist.is_main and self.state.train_clock.seconds >= MFU_WORTH_REMEMBERING:
-            remember_mfu(self.rt.device, self.rt.dtype, self.flops_per_token, summary["mfu"],
-                         cfg.recipe or cfg.task, self.tokens_per_step, self.peak_flops)
         return summary
 
     def done_line(self, summary: dict, final: dict) -> str:
