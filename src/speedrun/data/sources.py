@@ -291,25 +291,35 @@ def _pick_split(ds, split: str, where: str):
     return ds
 
 
-def _iter_saved_dataset(path: Path, split: str, field: str) -> Iterator[str]:
+def _load_saved(path: Path, split: str):
+    """A folder saved with `save_to_disk`, the split picked from a DatasetDict."""
     datasets = _import_datasets()
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as e:  # datasets raises many kinds; all mean "not a usable saved dataset"
         raise DataError(f"{path} could not be read as a saved dataset ({_first_line(e)}); "
                         f"save it again with Dataset.save_to_disk") from None
-    yield from _dataset_texts(_pick_split(ds, split, str(path)), field, str(path))
+    return _pick_split(ds, split, str(path))
 
 
-def _iter_hub(name: str, config: str, split: str, field: str) -> Iterator[str]:
+def _load_hub(name: str, config: str, split: str, fix: str):
+    """A hub dataset's split; `fix` ends the error's advice (where the split is set, what else to give)."""
     datasets = _import_datasets()
     if not name:
         raise DataError("hf: has no dataset name; write hf:NAME or hf:NAME:CONFIG, e.g. hf:roneneldan/TinyStories")
     try:
-        ds = datasets.load_dataset(name, config or None, split=split)
+        return datasets.load_dataset(name, config or None, split=split)
     except Exception as e:  # network, unknown name, unknown config or split
         raise DataError(f"could not load hub dataset {name!r} ({_first_line(e)}); check the name, config and "
-                        f"data.hf_split, or download it and pass --data PATH") from None
+                        f"{fix}") from None
+
+
+def _iter_saved_dataset(path: Path, split: str, field: str) -> Iterator[str]:
+    yield from _dataset_texts(_load_saved(path, split), field, str(path))
+
+
+def _iter_hub(name: str, config: str, split: str, field: str) -> Iterator[str]:
+    ds = _load_hub(name, config, split, "data.hf_split, or download it and pass --data PATH")
     yield from _dataset_texts(ds, field, f"hf:{name}")
 
 
@@ -318,27 +328,13 @@ def dataset_rows(source: str, field: str, split: str = "train") -> Iterator | No
     or a folder saved with `save_to_disk`; None when `source` is neither (a file to read)."""
     if source.startswith("hf:"):
         name, _, config = source[3:].partition(":")
-        datasets = _import_datasets()
-        try:
-            ds = datasets.load_dataset(name, config or None, split=split)
-        except Exception as e:  # network, unknown name, unknown config or split
-            raise DataError(f"could not load hub dataset {name!r} ({_first_line(e)}); check the name, config "
-                            f"and split, or download it and give the folder") from None
-        where = source
+        ds = _load_hub(name, config, split, "split, or download it and give the folder")
     elif (saved := _saved_dataset(source)) is not None:
-        datasets = _import_datasets()
-        try:
-            ds = _pick_split(datasets.load_from_disk(str(saved)), split, source)
-        except DataError:
-            raise
-        except Exception as e:
-            raise DataError(f"{source} could not be read as a saved dataset ({_first_line(e)}); "
-                            f"save it again with Dataset.save_to_disk") from None
-        where = source
+        ds = _load_saved(saved, split)
     else:
         return None
     if field not in ds.column_names:
-        raise _missing_column(where, field, ds.column_names)
+        raise _missing_column(source, field, ds.column_names)
     return (row[field] for row in ds)
 
 
