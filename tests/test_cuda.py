@@ -5,7 +5,6 @@ cuda` runs them alone (benchmarks/gpu.py does, on one H100, in about two minutes
 import copy
 import json
 import math
-import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import time
 import pytest
 import torch
 from test_faults import ARGS as FAULT_ARGS
-from test_faults import records
+from test_faults import killed_after_first_checkpoint, records
 from test_model import VARIANTS, tiny
 
 from speedrun.clock import Clock
@@ -157,15 +156,8 @@ def test_sigkill_then_resume_on_the_gpu_matches_uninterrupted(tmp_path, line_cor
                                    "--quiet", *args), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    proc = subprocess.Popen(speedrun("train", "shakespeare-char", "--data", str(line_corpus), "--out", str(killed),
-                                     "--quiet", *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = killed / "checkpoints" / "last.safetensors"
-    deadline = time.time() + 120
-    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (killed / "summary.json").exists()
+    killed_after_first_checkpoint(speedrun("train", "shakespeare-char", "--data", str(line_corpus), "--out",
+                                           str(killed), "--quiet", *args), killed)
 
     resumed = subprocess.run(speedrun("train", "--resume", str(killed)), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -18,6 +18,19 @@ def speedrun(*args, **kw):
     return [sys.executable, "-m", "speedrun", *args]
 
 
+def killed_after_first_checkpoint(command: list[str], run) -> None:
+    """Start `command` (a `speedrun train ... --out run`) and SIGKILL it once its first
+    checkpoint is on disk: mid-training, before the summary."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = run / "checkpoints" / "last.safetensors"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (run / "summary.json").exists()
+
+
 def records(run):
     lines = (run / "metrics.jsonl").read_text().splitlines()
     return [json.loads(x) for x in lines]
@@ -34,15 +47,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, line_corpus, data):
         manifest = next((tmp_path / "cache" / "prepared").glob("*/manifest.json"))
         assert len(json.loads(manifest.read_text())["splits"]["train"]["shards"]) > 2
 
-    proc = subprocess.Popen(speedrun("train", "shakespeare-char", "--data", str(line_corpus), "--out", str(killed),
-                                     "--quiet", *ARGS, *data), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = killed / "checkpoints" / "last.safetensors"
-    deadline = time.time() + 120
-    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (killed / "summary.json").exists()
+    killed_after_first_checkpoint(speedrun("train", "shakespeare-char", "--data", str(line_corpus), "--out",
+                                           str(killed), "--quiet", *ARGS, *data), killed)
 
     resumed = subprocess.run(speedrun("train", "--resume", str(killed)), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
