@@ -4,7 +4,6 @@ tokenizers fitted on a budget, and the encoders."""
 import random
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_data_sources import error

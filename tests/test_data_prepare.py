@@ -20,7 +20,7 @@ from test_data_sources import error
 from speedrun.config import TextData
 from speedrun.data import DataError, prepare
 from speedrun.data import preparation as prepare_module
-from speedrun.data.preparation import Preparation, open_prepared
+from speedrun.data.preparation import Preparation
 from speedrun.data.shards import HEADER, ShardWriter, TokenSplit, read_header, read_shard
 from speedrun.tokenizer import EOT
 

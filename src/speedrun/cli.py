@@ -10,7 +10,6 @@ import argparse
 import gc
 import json
 import shlex
-import shutil
 import sys
 from pathlib import Path
 

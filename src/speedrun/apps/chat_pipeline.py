@@ -35,7 +35,7 @@ from ..config import (
     load_config,
     parse_override,
 )
-from ..rundir import ChatRunDir, RunDir
+from ..rundir import ChatRunDir
 
 BASE, SFT = ChatRunDir.BASE, ChatRunDir.SFT
 COMPRESSION_CHARS = 5_000_000  # validation text the tokenizer's bytes per token are measured on
