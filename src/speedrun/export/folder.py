@@ -15,8 +15,8 @@ from ..device import setup_runtime
 from ..model import GPT
 from ..rundir import RunDir, load_run_model
 from ..tokenizer import load_tokenizer
-from .mapping import HF_CLASSES, hf_architecture, import_tensors, tensor_entries
-from .to_gguf import gguf_check, read_gguf, write_gguf
+from .mapping import HF_CLASSES, hf_architecture, import_tensors, no_native_class, tensor_entries
+from .to_gguf import CAVEATS, gguf_architecture, read_gguf, write_gguf
 from ..rundir import write_json
 from .to_hf import write_hf
 
@@ -33,8 +33,7 @@ def export_run(run_dir, out, to: str = "hf") -> dict:
     if to == "hf":
         arch = hf_architecture(cfg.model)
     elif to == "gguf":
-        gguf_check(cfg.model, tok)
-        arch = "gguf-gpt2"
+        arch = gguf_architecture(cfg.model, tok)
     else:
         raise ConfigError(f"unknown export format {to!r}; use hf or gguf")
     out = Path(out)
@@ -45,15 +44,24 @@ def export_run(run_dir, out, to: str = "hf") -> dict:
     if to == "hf":
         write_hf(model, tok, cfg, out)
     else:
-        write_gguf(model, tok, cfg, out / "model.gguf")
+        write_gguf(model, tok, cfg, out / "model.gguf", arch)
     write_json(out / META_FILE, {"format": FORMAT, "to": to, "architecture": arch, "config": to_dict(cfg),
                                  "tokenizer": json.loads(tok.to_json())})
     run = RunDir(Path(run_dir))
     summary = run.read_summary() if run.has_summary() else {}
-    result = {"out": str(out), "architecture": "GGUF gpt2" if to == "gguf" else HF_CLASSES[arch],
-              "max_logit_diff": max_logit_diff(model, out, to)}
-    (out / "README.md").write_text(model_card(cfg, summary, result, to), encoding="utf-8")
+    result = {"out": str(out), "architecture": describe(arch, cfg.model),
+              "custom_code": arch == "speedrun", "max_logit_diff": max_logit_diff(model, out, to)}
+    (out / "README.md").write_text(model_card(cfg, summary, result, arch), encoding="utf-8")
     return result
+
+
+def describe(arch: str, m) -> str:
+    """What the export is, in a few words: the class, or the custom code and why."""
+    if arch.startswith("gguf-"):
+        return f"GGUF {arch.removeprefix('gguf-')}"
+    if arch == "speedrun":
+        return f"{HF_CLASSES[arch]}, custom code (trust_remote_code=True): {no_native_class(m)}"
+    return HF_CLASSES[arch]
 
 
 def max_logit_diff(model: GPT, out: Path, to: str = "hf", seed: int = 0) -> float | None:
@@ -70,15 +78,21 @@ def max_logit_diff(model: GPT, out: Path, to: str = "hf", seed: int = 0) -> floa
             from transformers import AutoModelForCausalLM
         except ImportError:
             return None
-        theirs = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+        theirs = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32,
+                                                      trust_remote_code=model_type(out) == "speedrun").eval()
     with torch.no_grad():
         logits = theirs(ids)
         logits = logits if to == "gguf" else logits.logits
         return (logits - model.eval()(ids)).abs().max().item()
 
 
-def model_card(cfg: Config, summary: dict, result: dict, to: str) -> str:
+def model_type(out: Path) -> str:
+    return json.loads((Path(out) / "config.json").read_text(encoding="utf-8"))["model_type"]
+
+
+def model_card(cfg: Config, summary: dict, result: dict, arch: str) -> str:
     """README.md of the export: what the model is, how it was trained, how to load it."""
+    to = "gguf" if arch.startswith("gguf-") else "hf"
     m, name = cfg.model, cfg.recipe or cfg.task
     source = getattr(cfg.data, "source", "") or getattr(cfg.data, "url", "")
     data = {"addition": "3-digit addition problems, generated", "chat": "synthetic chat tasks"}.get(cfg.task, "")
@@ -101,17 +115,20 @@ def model_card(cfg: Config, summary: dict, result: dict, to: str) -> str:
             rows.append((key, f"{value:.4f}" if isinstance(value, float) else str(value)))
     diff = result["max_logit_diff"]
     if to == "hf":
+        remote = ", trust_remote_code=True" if result["custom_code"] else ""
         load = ("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-                f"tokenizer = AutoTokenizer.from_pretrained({result['out']!r})\n"
-                f"model = AutoModelForCausalLM.from_pretrained({result['out']!r})\n```\n")
+                f"tokenizer = AutoTokenizer.from_pretrained({result['out']!r}{remote})\n"
+                f"model = AutoModelForCausalLM.from_pretrained({result['out']!r}{remote})\n```\n")
+        if remote:
+            load += ("\nNo transformers class computes this model exactly, so the folder carries its own "
+                     "code (`modeling_speedrun.py`, `configuration_speedrun.py`: torch and transformers only).\n")
         check = ("" if diff is None else
                  f"Checked at export: the largest difference between these logits in transformers and "
                  f"speedrun's own model was {diff:.1e} on a full context of random tokens.\n")
     else:
-        load = "`model.gguf` is llama.cpp's `gpt2` architecture in float32 (`llama-cli -m model.gguf`).\n"
-        check = (f"Read back at export, the file gives speedrun's logits to within {diff:.1e}. llama.cpp computes "
-                 "GPT-2's GELU with the tanh approximation where speedrun uses the exact one, so its logits "
-                 "differ slightly from these.\n")
+        load = (f"`model.gguf` is llama.cpp's `{result['architecture'].removeprefix('GGUF ')}` architecture in "
+                "float32 (`llama-cli -m model.gguf`).\n")
+        check = f"Read back at export, the file gives speedrun's logits to within {diff:.1e}. {CAVEATS[arch]}\n"
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return (f"---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags: [speedrun]\n---\n\n"
             f"# {name}\n\nA small GPT trained from scratch with speedrun.\n\n| | |\n| --- | --- |\n{table}\n\n"
@@ -133,7 +150,7 @@ def read_export(path) -> tuple[Config, object, dict]:
     cfg = config_from_dict(meta["config"])
     tok = load_tokenizer(json.dumps(meta["tokenizer"]))
     if meta["to"] == "gguf":
-        tensors = read_gguf(path / "model.gguf")
+        tensors = read_gguf(path / "model.gguf", meta["architecture"], cfg.model)
     else:
         from safetensors.torch import load_file
 

@@ -18,14 +18,16 @@ RoPE, as we do. Our norms have no weights and use PyTorch's default epsilon
 (float32's machine epsilon), so theirs get weights of one and that epsilon;
 biases our model lacks are zeros.
 
-What has no exact counterpart is refused with the setting that avoids it:
-NanoChatForCausalLM has our block and a logit soft-cap but also normalises the
-token embeddings before the first layer, which ours does not, so a soft-capped
-model (`model.logit_softcap`) maps to no class; nor do LayerNorm with RoPE or
-RMSNorm with learned positions.
+What no class computes exactly goes to the export's own modeling code instead
+(`remote/`, loaded with trust_remote_code), under our own parameter names:
+smear, the bigram and value embeddings, a logit soft-cap (NanoChatForCausalLM
+soft-caps but also normalises the token embeddings before the first layer,
+which ours does not), LayerNorm with RoPE, RMSNorm or QK-norm with learned
+positions, and biases with QK-norm.
 
-The GGUF file (`to_gguf`) uses GPT-2's tensors under llama.cpp's names, and both
-formats take the same special tokens, so the tables for both are here.
+The GGUF file (`to_gguf`) uses the same tensors under llama.cpp's names (its
+`gpt2`, `arcee` and `apertus` architectures), and both formats take the same
+special tokens, so the tables for both are here.
 """
 
 from __future__ import annotations
@@ -34,48 +36,47 @@ import torch
 
 from ..chat.template import ASSISTANT_END, BOS, CHAT_SPECIAL_TOKENS
 from ..config import ConfigError, ModelConfig
+from ..model import GPT
 
 # nn.RMSNorm(eps=None) and F.rms_norm(eps=None) use the machine epsilon of float32.
 RMS_EPS = torch.finfo(torch.float32).eps
 LAYERNORM_EPS = 1e-5  # nn.LayerNorm's default
 ROPE_THETA = 10000.0  # model.rotary_tables' base
 
-HF_CLASSES = {"gpt2": "GPT2LMHeadModel", "arcee": "ArceeForCausalLM", "apertus": "ApertusForCausalLM"}
+HF_CLASSES = {"gpt2": "GPT2LMHeadModel", "arcee": "ArceeForCausalLM", "apertus": "ApertusForCausalLM",
+              "speedrun": "SpeedrunForCausalLM"}
 ACTIVATIONS = {"gelu": "gelu", "relu2": "relu2"}  # ours -> transformers' ACT2FN names (erf GELU, ReLU^2)
 
 
-def hf_architecture(m: ModelConfig) -> str:
-    """The transformers model type that computes exactly what `m` computes, or a
-    one-line ConfigError naming the setting that has no counterpart."""
+def no_native_class(m: ModelConfig) -> str:
+    """Why no transformers class computes what `m` computes (one line), or "" when one does."""
     if m.logit_softcap > 0:
-        raise ConfigError(f"model.logit_softcap = {m.logit_softcap} has no exact counterpart in transformers "
-                          "(NanoChat soft-caps but also normalises the embeddings); train with model.logit_softcap=0")
-    if m.smear:
-        raise ConfigError("model.smear = true (a look-back to the previous token's embedding) has no counterpart "
-                          "in transformers; train with model.smear=false")
-    if m.bigram:
-        raise ConfigError("model.bigram = true (an embedding of each pair of tokens) has no counterpart in "
-                          "transformers; train with model.bigram=false")
-    if m.value_embeddings:
-        raise ConfigError("model.value_embeddings = true has no counterpart in transformers; "
-                          "train with model.value_embeddings=false")
+        return (f"model.logit_softcap = {m.logit_softcap} has no exact counterpart in transformers "
+                "(NanoChat soft-caps but also normalises the embeddings)")
+    for option, what in (("smear", "a look-back to the previous token's embedding"),
+                         ("bigram", "an embedding of each pair of tokens"),
+                         ("value_embeddings", "a second embedding per block, added to its attention values")):
+        if getattr(m, option):
+            return f"model.{option} = true ({what}) has no counterpart in transformers"
+    if m.pos == "learned" and m.norm != "layernorm":
+        return "model.norm = 'rmsnorm' with learned positions has no transformers counterpart"
+    if m.pos == "learned" and m.qk_norm:
+        return "model.qk_norm = true with learned positions has no transformers counterpart"
+    if m.pos == "rope" and m.norm != "rmsnorm":
+        return "model.norm = 'layernorm' with RoPE has no transformers counterpart"
+    if m.pos == "rope" and m.qk_norm and m.bias:
+        return "model.bias = true with QK-norm has no transformers counterpart (Apertus has no MLP biases)"
+    return ""
+
+
+def hf_architecture(m: ModelConfig) -> str:
+    """The transformers model type that computes exactly what `m` computes, or "speedrun":
+    the export's own modeling code (`remote/`), loaded with trust_remote_code."""
+    if no_native_class(m):
+        return "speedrun"
     if m.pos == "learned":
-        if m.norm != "layernorm":
-            raise ConfigError("model.norm = 'rmsnorm' with learned positions has no transformers counterpart; "
-                              "train with model.norm='layernorm' (GPT-2) or model.pos='rope'")
-        if m.qk_norm:
-            raise ConfigError("model.qk_norm = true with learned positions has no transformers counterpart; "
-                              "train with model.qk_norm=false or model.pos='rope'")
         return "gpt2"
-    if m.norm != "rmsnorm":
-        raise ConfigError("model.norm = 'layernorm' with RoPE has no transformers counterpart; "
-                          "train with model.norm='rmsnorm' or model.pos='learned' (GPT-2)")
-    if not m.qk_norm:
-        return "arcee"
-    if m.bias:
-        raise ConfigError("model.bias = true with QK-norm has no transformers counterpart (Apertus has no MLP "
-                          "biases); train with model.bias=false")
-    return "apertus"
+    return "apertus" if m.qk_norm else "arcee"
 
 
 # One exported tensor: (its name in the export, our parameter's name or a size, how).
@@ -116,39 +117,62 @@ def _gpt2_entries(m: ModelConfig, conv1d: bool = True) -> list[Entry]:
     return entries
 
 
-def _llama_entries(m: ModelConfig, qk_norm: bool, norms: tuple[str, str]) -> list[Entry]:
-    """Arcee and Apertus: Llama's names, separate q/k/v, an MLP without a gate."""
+LLAMA_NAMES = {  # transformers' Arcee/Apertus names, and llama.cpp's for the same tensors
+    "hf": {"emb": "model.embed_tokens", "layer": "model.layers.{i}.", "q": "self_attn.q_proj",
+           "k": "self_attn.k_proj", "v": "self_attn.v_proj", "q_norm": "self_attn.q_norm",
+           "k_norm": "self_attn.k_norm", "o": "self_attn.o_proj", "up": "mlp.up_proj", "down": "mlp.down_proj",
+           "norm": "model.norm", "head": "lm_head"},
+    "gguf": {"emb": "token_embd", "layer": "blk.{i}.", "q": "attn_q", "k": "attn_k", "v": "attn_v",
+             "q_norm": "attn_q_norm", "k_norm": "attn_k_norm", "o": "attn_output", "up": "ffn_up",
+             "down": "ffn_down", "norm": "output_norm", "head": "output", "norms": ("attn_norm", "ffn_norm")},
+}
+
+
+def _llama_entries(m: ModelConfig, qk_norm: bool, norms: tuple[str, str], n: dict) -> list[Entry]:
+    """Arcee and Apertus: Llama's layout, separate q/k/v, an MLP without a gate."""
     C, D = m.n_embd, m.n_embd // m.n_head
-    entries: list[Entry] = [("model.embed_tokens.weight", "tok_emb.weight", "copy")]
+    entries: list[Entry] = [(f"{n['emb']}.weight", "tok_emb.weight", "copy")]
     for i in range(m.n_layer):
-        p, ours = f"model.layers.{i}.", f"blocks.{i}."
+        p, ours = n["layer"].format(i=i), f"blocks.{i}."
         entries.append((f"{p}{norms[0]}.weight", C, "ones"))
         for part in "qkv":
-            entries.append((f"{p}self_attn.{part}_proj.weight", ours + "attn.qkv.weight", part))
+            entries.append((f"{p}{n[part]}.weight", ours + "attn.qkv.weight", part))
             if m.bias:
-                entries.append((f"{p}self_attn.{part}_proj.bias", ours + "attn.qkv.bias", part))
+                entries.append((f"{p}{n[part]}.bias", ours + "attn.qkv.bias", part))
         if qk_norm:
-            entries += [(f"{p}self_attn.q_norm.weight", D, "ones"), (f"{p}self_attn.k_norm.weight", D, "ones")]
+            entries += [(f"{p}{n['q_norm']}.weight", D, "ones"), (f"{p}{n['k_norm']}.weight", D, "ones")]
         entries.append((f"{p}{norms[1]}.weight", C, "ones"))
-        for theirs, mine in (("self_attn.o_proj", "attn.proj"), ("mlp.up_proj", "mlp.fc"),
-                             ("mlp.down_proj", "mlp.proj")):
-            entries.append((f"{p}{theirs}.weight", f"{ours}{mine}.weight", "copy"))
+        for theirs, mine in (("o", "attn.proj"), ("up", "mlp.fc"), ("down", "mlp.proj")):
+            entries.append((f"{p}{n[theirs]}.weight", f"{ours}{mine}.weight", "copy"))
             if m.bias:
-                entries.append((f"{p}{theirs}.bias", f"{ours}{mine}.bias", "copy"))
-    entries.append(("model.norm.weight", C, "ones"))
+                entries.append((f"{p}{n[theirs]}.bias", f"{ours}{mine}.bias", "copy"))
+    entries.append((f"{n['norm']}.weight", C, "ones"))
     if not m.tie_embeddings:
-        entries.append(("lm_head.weight", "head.weight", "copy"))
+        entries.append((f"{n['head']}.weight", "head.weight", "copy"))
     return entries
 
 
+def _own_entries(m: ModelConfig) -> list[Entry]:
+    """The export's own modeling code: every parameter under our name (a tied head once)."""
+    with torch.device("meta"):
+        names = list(GPT(m).state_dict())
+    return [(name, name, "copy") for name in names if not (m.tie_embeddings and name == "head.weight")]
+
+
 def tensor_entries(arch: str, m: ModelConfig) -> list[Entry]:
+    """The tensors of `arch`: a transformers model type, "speedrun" (our own code) or
+    "gguf-" and llama.cpp's architecture."""
     if arch == "gpt2":
         return _gpt2_entries(m)
     if arch == "gguf-gpt2":
         return _gpt2_entries(m, conv1d=False)
+    if arch == "speedrun":
+        return _own_entries(m)
+    if arch in ("gguf-arcee", "gguf-apertus"):
+        return _llama_entries(m, arch == "gguf-apertus", LLAMA_NAMES["gguf"]["norms"], LLAMA_NAMES["gguf"])
     if arch == "arcee":
-        return _llama_entries(m, False, ("input_layernorm", "post_attention_layernorm"))
-    return _llama_entries(m, True, ("attention_layernorm", "feedforward_layernorm"))
+        return _llama_entries(m, False, ("input_layernorm", "post_attention_layernorm"), LLAMA_NAMES["hf"])
+    return _llama_entries(m, True, ("attention_layernorm", "feedforward_layernorm"), LLAMA_NAMES["hf"])
 
 
 def export_tensors(state: dict, entries: list[Entry]) -> dict[str, torch.Tensor]:

@@ -4,12 +4,14 @@ the tokenizer files and, for a chat model, its chat template."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from ..chat.engine import CHAT_TEMPERATURE, CHAT_TOP_K
 from ..config import Config, ModelConfig
 from ..model import GPT
 from ..rundir import write_json
+from . import remote
 from .mapping import (
     ACTIVATIONS,
     HF_CLASSES,
@@ -28,6 +30,12 @@ def hf_config(arch: str, m: ModelConfig, special: dict) -> dict:
     """config.json for `arch`; `special` holds bos/eos/pad token ids."""
     common = {"architectures": [HF_CLASSES[arch]], "model_type": arch, "vocab_size": m.vocab_size,
               "tie_word_embeddings": m.tie_embeddings, "dtype": "float32", "use_cache": True, **special}
+    if arch == "speedrun":  # the fields of remote/configuration_speedrun.py
+        auto = {"AutoConfig": "configuration_speedrun.SpeedrunConfig",
+                "AutoModelForCausalLM": "modeling_speedrun.SpeedrunForCausalLM"}
+        fields = ("n_layer", "n_head", "n_embd", "block_size", "mlp_ratio", "pos", "norm", "qk_norm", "mlp", "bias",
+                  "smear", "bigram", "value_embeddings", "logit_softcap")
+        return {**common, "auto_map": auto, **{f: getattr(m, f) for f in fields}, "rope_theta": ROPE_THETA}
     if arch == "gpt2":
         return {**common, "n_positions": m.block_size, "n_embd": m.n_embd, "n_layer": m.n_layer,
                 "n_head": m.n_head, "n_inner": m.mlp_ratio * m.n_embd, "activation_function": ACTIVATIONS[m.mlp],
@@ -120,6 +128,9 @@ def write_hf(model: GPT, tok, cfg: Config, out: Path) -> None:
     arch = hf_architecture(cfg.model)
     tensors = export_tensors(model.state_dict(), tensor_entries(arch, cfg.model))
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    if arch == "speedrun":
+        for name in remote.FILES:
+            shutil.copyfile(remote.HERE / name, out / name)
     gen = generation_config(tok, cfg.model.block_size)
     special = {k: gen[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
     write_json(out / "config.json", hf_config(arch, cfg.model, special))
