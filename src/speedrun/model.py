@@ -299,6 +299,17 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: fl
     return idx
 
 
+@torch.inference_mode()
+def continuation_logprob(model: GPT, context: list[int], continuation: list[int]) -> tuple[float, bool]:
+    """log p(continuation | context), summed over its tokens, and whether greedy decoding
+    would have produced it: what evaluation harnesses call a log-likelihood request.
+    Context and continuation together must fit in the model's block."""
+    ids = torch.tensor([context + continuation], device=next(model.parameters()).device)
+    logprobs = model(ids[:, :-1])[0, len(context) - 1:].float().log_softmax(-1)
+    wanted = ids[0, len(context):]
+    return logprobs.gather(-1, wanted[:, None]).sum().item(), bool((logprobs.argmax(-1) == wanted).all())
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     if temperature <= 0:

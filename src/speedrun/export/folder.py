@@ -13,11 +13,16 @@ import torch
 from ..config import Config, ConfigError, config_from_dict, to_dict
 from ..device import setup_runtime
 from ..model import GPT
-from ..rundir import RunDir, load_run_model
+from ..rundir import RunDir, load_run_model, write_json
 from ..tokenizer import load_tokenizer
-from .mapping import HF_CLASSES, hf_architecture, import_tensors, no_native_class, tensor_entries
+from .mapping import (
+    HF_CLASSES,
+    hf_architecture,
+    import_tensors,
+    no_native_class,
+    tensor_entries,
+)
 from .to_gguf import CAVEATS, gguf_architecture, read_gguf, write_gguf
-from ..rundir import write_json
 from .to_hf import write_hf
 
 FORMAT = "speedrun-export-1"

@@ -147,7 +147,7 @@ class SpeedrunForCausalLM(PreTrainedModel, GenerationMixin):
         cache = cache if cache is not None else past_key_values
         if use_cache and cache is None:
             cache = DynamicCache(config=config)
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         start = cache.get_seq_length() if cache is not None else 0
         if start + T > config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds the model's context of {config.block_size}")
