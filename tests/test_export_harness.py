@@ -52,7 +52,7 @@ def test_harness_log_likelihoods_equal_ours(recipe, tmp_path, monkeypatch):
     results = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={tmp_path / 'hf'},trust_remote_code=True,dtype=float32",
         tasks=["speedrun_parity"], task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
-        log_samples=True, device="cpu", batch_size=1)
+        log_samples=True, device="cpu", batch_size=4)  # right-padded batches
     samples = results["samples"]["speedrun_parity"]
     assert len(samples) == len(items)
     correct = 0
