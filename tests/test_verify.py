@@ -225,3 +225,19 @@ def test_verify_reports_a_bad_override_as_one_line(tmp_path, line_corpus, capsys
     assert main(["verify", "shakespeare-char", "--data", str(line_corpus), "--target", "2", "--out",
                  str(tmp_path / "v"), "train.stepz=3"]) == 2
     assert "unknown config key 'train.stepz'" in capsys.readouterr().err
+
+
+def test_seeds_run_cold_unless_warm(tmp_path, line_corpus, monkeypatch, capsys):
+    """Cold (the default): a seed prepares its data in an empty cache of its own, so the
+    user's cache stays as it was; --warm shares it, and the record says which."""
+    shared = tmp_path / "cache"
+    monkeypatch.setenv("SPEEDRUN_CACHE", str(shared))
+    base = ["verify", "shakespeare-char", "--data", str(line_corpus), "--seeds", "2", "--target", "20", *TINY]
+    assert main([*base, "--out", str(tmp_path / "cold")]) == 0
+    assert "caches: cold" in capsys.readouterr().out
+    assert not shared.exists()
+    assert json.loads((tmp_path / "cold" / "verify.json").read_text())["caches"].startswith("cold")
+    assert main([*base, "--out", str(tmp_path / "warm"), "--warm"]) == 0
+    assert "caches: warm" in capsys.readouterr().out
+    assert any(shared.rglob("*"))  # the prepared corpus and the matmul peak stayed
+    assert json.loads((tmp_path / "warm" / "verify.json").read_text())["caches"].startswith("warm")

@@ -75,7 +75,7 @@ def cmd_verify(args) -> int:
     from .verify import format_record, verify
 
     overrides = list(args.overrides) + ([f"data.source={json.dumps(args.data)}"] if args.data else [])
-    record = verify(args.recipe, overrides, args.seeds, args.target, args.out, args.first_seed)
+    record = verify(args.recipe, overrides, args.seeds, args.target, args.out, args.first_seed, warm=args.warm)
     print("\n" + format_record(record))
     print(f"record: {Path(record['out']) / 'verify.json'}")
     return 0 if record["holds"] else 1
@@ -272,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", help="folder for seed-K/ run directories, logs/ and verify.json (default "
                                  "runs/verify-<recipe>-<timestamp>); run again to finish an interrupted verify")
     v.add_argument("--data", help="training text, as for `speedrun train --data` (sets data.source)")
+    v.add_argument("--warm", action="store_true", help="let the seeds share this machine's speedrun and "
+                                                       "compiler caches (default: each seed starts cold)")
     v.set_defaults(func=cmd_verify)
 
     r = sub.add_parser("recipes", help="list the bundled recipes")

@@ -23,10 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,13 +233,28 @@ def build_record(recipe: str, overrides: list[str], cfg: Config, claim: Claim, s
 
 # ---------------------------------------------------------------- running the seeds
 
-def run_seed(recipe: str, overrides: list[str], seed: int, path: Path) -> tuple[int, float, str]:
-    """`speedrun train` of one seed in a fresh process: (exit code, seconds, its output)."""
+CACHE_VARIABLES = ("SPEEDRUN_CACHE", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+
+
+def caches_note(warm: bool) -> str:
+    if warm:
+        return "warm: the seeds share this machine's speedrun, Inductor and Triton caches (--warm)"
+    return ("cold: each seed starts with an empty speedrun cache (prepared data, matmul peak) and empty "
+            "Inductor and Triton caches, as a new user's first run")
+
+
+def run_seed(recipe: str, overrides: list[str], seed: int, path: Path, warm: bool = False) -> tuple[int, float, str]:
+    """`speedrun train` of one seed in a fresh process: (exit code, seconds, its output).
+    Cold (the default) points every cache the run reads at a new empty folder."""
     cmd = [sys.executable, "-m", "speedrun", "train", recipe, *overrides, f"train.seed={seed}",
            "--out", str(path), "--quiet"]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return proc.returncode, time.perf_counter() - t0, proc.stdout
+    with tempfile.TemporaryDirectory(prefix="speedrun-verify-cold-") as empty:
+        env = dict(os.environ)
+        if not warm:
+            env.update({name: str(Path(empty) / name.lower()) for name in CACHE_VARIABLES})
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        return proc.returncode, time.perf_counter() - t0, proc.stdout
 
 
 def finished_summary(path: Path, digest: str) -> dict | None:
@@ -258,8 +275,9 @@ def finished_summary(path: Path, digest: str) -> dict | None:
 
 
 def verify(recipe: str, overrides: list[str] = (), seeds: int = 5, target: float | None = None,
-           out: str | Path | None = None, first_seed: int = 1, say=print) -> dict:
-    """Run the seeds (or reuse those already finished in `out`), write verify.json, return the record."""
+           out: str | Path | None = None, first_seed: int = 1, say=print, warm: bool = False) -> dict:
+    """Run the seeds (or reuse those already finished in `out`), write verify.json, return the record.
+    Each seed runs cold unless `warm` (see run_seed)."""
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: give at least 1 (5 or more for a claim at p < 0.01)")
     cfg = load_config(recipe, list(overrides))
@@ -278,7 +296,7 @@ def verify(recipe: str, overrides: list[str] = (), seeds: int = 5, target: float
         if summary is not None:
             say(f"seed {seed}: finished earlier in {path}, reused")
         else:
-            code, seconds, output = run_seed(recipe, overrides, seed, path)
+            code, seconds, output = run_seed(recipe, overrides, seed, path, warm)
             (out / "logs" / f"seed-{seed}.txt").write_text(output, encoding="utf-8")
             if code == 2:  # the user's config or data: every seed would fail the same way
                 lines = [x for x in output.splitlines() if x.startswith("error:")] or output.splitlines()[-1:]
@@ -293,6 +311,7 @@ def verify(recipe: str, overrides: list[str] = (), seeds: int = 5, target: float
     if claim.metric.startswith("val_") and cfg.task == "text":
         record["caveat"] = ("the recipe has no test split (data.test_fraction = 0): the claim is on the "
                             "validation split, the one tuning looks at")
+    record["caches"] = caches_note(warm)
     record["out"] = str(out)
     (out / "verify.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
@@ -324,7 +343,9 @@ def format_record(record: dict) -> str:
         rows.append([label, _num(record[metric][label], spec), "", _num(record[time_key][label], ".1f"),
                      _num(record["wall_seconds"][label], ".1f"), ""])
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    lines = [f"speedrun verify {record['recipe']}: {record['n_seeds']} seeds; claim: {record['claim']}", ""]
+    lines = [f"speedrun verify {record['recipe']}: {record['n_seeds']} seeds; claim: {record['claim']}"]
+    lines += [f"caches: {record['caches']}"] if record.get("caches") else []
+    lines += [""]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [header] + rows]
     test = record["test"]
     p = test["p_value"]
