@@ -8,7 +8,8 @@ import time
 
 import torch
 
-from speedrun.chat.engine import Engine, Event, load_engine
+from speedrun.chat.engine import Engine, Event
+from speedrun.loading import load_engine
 
 
 def talkative_engine(run) -> Engine:

@@ -1,9 +1,10 @@
 import pytest
 from chat_engines import ScriptedEngine, talkative_engine
 
-import speedrun.chat.engine as engine_module
+import speedrun.loading as loading_module
 from speedrun.apps.chat_cli import answer, chat_loop
-from speedrun.chat.engine import PromptTooLong, as_plain_text, load_engine
+from speedrun.chat.engine import PromptTooLong, as_plain_text
+from speedrun.loading import load_engine
 from speedrun.cli import main
 
 GREEDY = {"temperature": 0.0, "max_new_tokens": 12}
@@ -93,7 +94,7 @@ def test_message_too_long_alone_is_refused_and_the_chat_goes_on(talkative):
 
 
 def test_prompt_option_prints_one_answer(chat_run, talkative, monkeypatch, capsys):
-    monkeypatch.setattr(engine_module, "load_engine", lambda path, device: talkative)
+    monkeypatch.setattr(loading_module, "load_engine", lambda path, device: talkative)
     assert main(["chat", str(chat_run), "-p", "What is 2 plus 3?", "--temperature", "0",
                  "--max-new-tokens", "12"]) == 0
     reply = as_plain_text(talkative.reply([user("What is 2 plus 3?")], **GREEDY)["content"])

@@ -4,7 +4,7 @@ import pytest
 from chat_engines import ScriptedEngine, talkative_engine
 from fastapi.testclient import TestClient
 
-from speedrun.chat.engine import load_engine
+from speedrun.loading import load_engine
 from speedrun.apps.server import create_app
 from speedrun.cli import build_parser, main
 

@@ -18,7 +18,8 @@ import pytest
 import uvicorn
 from chat_engines import ScriptedEngine, SlowEngine, talkative_engine
 
-from speedrun.chat.engine import as_plain_text, load_engine
+from speedrun.chat.engine import as_plain_text
+from speedrun.loading import load_engine
 from speedrun.apps.server import create_app
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

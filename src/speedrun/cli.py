@@ -92,7 +92,7 @@ def cmd_recipes(args) -> int:
 def cmd_sample(args) -> int:
     import torch
 
-    from .export import load_model
+    from .loading import load_model
     from .model import generate
 
     model, tok, cfg, rt = load_model(args.run_dir, args.device)
@@ -177,10 +177,11 @@ def cmd_chat(args) -> int:
 
     from .apps.chat_cli import answer, chat_loop, conversation
     from .chat.engine import PromptTooLong
+    from .loading import load_engine
 
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    engine = chat_engine(args.run_dir, args.device)
+    engine = load_engine(args.run_dir, args.device)
     options = {"temperature": args.temperature, "top_k": args.top_k, "max_new_tokens": args.max_new_tokens}
     if args.prompt is None:
         chat_loop(engine, args.system, **options)
@@ -193,24 +194,14 @@ def cmd_chat(args) -> int:
     return 0
 
 
-def chat_engine(path: str, device: str):
-    """The chat engine of a run directory, a chat pipeline's folder or an export folder."""
-    from .chat.engine import Engine, load_engine
-    from .export import is_export, load_export
-
-    if is_export(path):
-        model, tok, _, _ = load_export(path, device)
-        return Engine(model, tok)  # in fp32, as exported
-    return load_engine(path, device)
-
-
 def cmd_serve(args) -> int:
     from .apps.server import LOCAL_HOSTS, serve
+    from .loading import load_engine
 
     if args.host not in LOCAL_HOSTS:
         print(f"warning: serving on {args.host}: anyone who can reach this machine on port {args.port} "
               "can use the model, with no login", file=sys.stderr)
-    engine = chat_engine(args.run_dir, args.device)
+    engine = load_engine(args.run_dir, args.device)
     serve(engine, args.host, args.port, name=Path(args.run_dir).name, max_prompt_chars=args.max_prompt_chars,
           max_new_tokens=args.max_new_tokens)
     return 0

@@ -223,7 +223,7 @@ class Pipeline:
         """The held-out questions: the base model few-shot in plain text (it never saw the
         chat tokens), the fine-tuned model in the chat template."""
         from ..tasks.chat import identity_options, task_weights
-        from ..chat.engine import load_engine
+        from ..loading import load_engine
         from ..chat.evaluate import eval_items, evaluate_tasks
 
         c, sft = self.cfg, self.sft_config().data

@@ -17,7 +17,7 @@ import torch
 
 from ..config import ConfigError
 from ..model import sample_next
-from ..rundir import ChatRunDir, RunDir, load_run_model
+from ..rundir import ChatRunDir, RunDir
 from .calculator import CalculatorError, evaluate
 from .template import (
     OUTPUT_END,
@@ -160,11 +160,3 @@ def chat_run_dir(path) -> Path:
         raise ConfigError(f"{path} holds no trained model (checkpoints/last.safetensors); pass a chat "
                           "pipeline's --out folder or a run directory")
     return path
-
-
-def load_engine(path, device: str = "cpu") -> Engine:
-    """An engine for a trained chat model. On a CPU it generates in fp32 even for a
-    model trained in bf16: one token at a time, autocast's casts cost more than
-    they save (about 3x slower per token, measured at 4 x 256)."""
-    model, tok, _, rt = load_run_model(chat_run_dir(path), device)
-    return Engine(model, tok, rt.generation_autocast)

@@ -7,8 +7,7 @@
     folder    `speedrun export` itself: writes the folder, checks its logits, and loads one back
 """
 
-from .folder import PARITY_TOLERANCE, export_run, is_export, load_export, load_model, read_export
+from .folder import PARITY_TOLERANCE, export_run, is_export, load_export, read_export
 from .mapping import hf_architecture
 
-__all__ = ["PARITY_TOLERANCE", "export_run", "hf_architecture", "is_export", "load_export", "load_model",
-           "read_export"]
+__all__ = ["PARITY_TOLERANCE", "export_run", "hf_architecture", "is_export", "load_export", "read_export"]

@@ -172,8 +172,3 @@ def load_export(path, device: str = "cpu"):
     model = GPT(cfg.model)
     model.load_state_dict(state)
     return model.to(rt.device).eval(), tok, cfg, rt
-
-
-def load_model(path, device: str = "cpu"):
-    """(model, tokenizer, config, runtime) of a run directory or of an export folder."""
-    return (load_export if is_export(path) else load_run_model)(str(path), device)
