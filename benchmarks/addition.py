@@ -8,25 +8,23 @@ seconds, the passing check's seconds, the failed full checks, and exact match on
 pairs and on the pairs never drawn for training. Then the medians against the targets,
 and 20 timed iterations of `addition-reference` (the reference report's config).
 
-    python benchmarks/addition.py [--seeds 1 2 3 4 5] [key=value ...]   # e.g. dtype=float32
+    python -m benchmarks addition [--seeds 1 2 3 4 5] [key=value ...]   # e.g. dtype=float32
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe  # noqa: E402
+from benchmarks.common import (ADDITION_CHECK_SECONDS, ADDITION_TIME_TO_VERIFIED_SECONDS, parser, print_machine,
+                               summarise, summary_line, write_record)
+from benchmarks.timing import time_steps
 
-TARGET_TIME_TO_VERIFIED = 20.0
-TARGET_CHECK_SECONDS = 5.0
+REFERENCE_ITERATIONS = 5000  # the reference report's run of addition-reference
 
 
 def run_seed(seed: int, overrides: list[str], workdir: Path) -> dict:
@@ -42,36 +40,14 @@ def run_seed(seed: int, overrides: list[str], workdir: Path) -> dict:
     return summary
 
 
-def time_reference(iters: int = 20, warmup: int = 2) -> float:
-    import torch
-
-    from speedrun.config import load_config
-    from speedrun.run import Run
-    from speedrun.step import train_step
-
-    rt, parts = Run(load_config("addition-reference")).parts()
-    cfg, task, model, optimizer = parts.cfg, parts.task, parts.model, parts.optimizer
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(warmup):
-        train_step(model, model, optimizer, task, cfg, rt, generator)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        train_step(model, model, optimizer, task, cfg, rt, generator)
-    return (time.perf_counter() - t0) / iters
-
-
-def spread(values: list[float]) -> str:
-    return f"median {statistics.median(values):.2f} (min {min(values):.2f}, max {max(values):.2f})"
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
-    parser.add_argument("--skip-reference", action="store_true")
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    p = parser(__doc__, "addition")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
 
-    print(describe())
+    print_machine()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         print(f"{'seed':>4} {'to_verified':>11} {'stopwatch':>9} {'train_s':>7} {'steps':>5} {'check_s':>7} "
@@ -79,25 +55,38 @@ def main() -> None:
         for seed in args.seeds:
             s = run_seed(seed, args.overrides, Path(tmp))
             m = s["metrics"]
-            rows.append(s)
             ttv = s["time_to_verified"]
             print(f"{seed:>4} {ttv if ttv is not None else float('nan'):>11.2f} {s['stopwatch']:>9.2f} "
                   f"{s['train_seconds']:>7.2f} {s['steps']:>5} {m['check_seconds']:>7.2f} {s['eval_seconds']:>6.2f} "
                   f"{s['failed_full_checks']:>6} {m['exact_match']:>11.6f} {m['exact_match_unseen_pairs']:>8.6f} "
                   f"{s['dtype']:>8}", flush=True)
-    verified = [s["time_to_verified"] for s in rows if s["time_to_verified"] is not None]
-    all_exact = all(s["metrics"]["verified"] for s in rows)
-    print(f"time_to_verified (wall-clock): {spread(verified) if verified else 'never'} "
-          f"(target: median <= {TARGET_TIME_TO_VERIFIED:.0f} s)")
-    print(f"whole command, benchmark's stopwatch: {spread([s['stopwatch'] for s in rows])}")
-    print(f"train_seconds: {spread([s['train_seconds'] for s in rows])}")
-    print(f"passing exhaustive check seconds: {spread([s['metrics']['check_seconds'] for s in rows])} "
-          f"(target: <= {TARGET_CHECK_SECONDS:.0f} s)")
+            rows.append({"seed": seed, "time_to_verified": ttv, "stopwatch_seconds": s["stopwatch"],
+                         "train_seconds": s["train_seconds"], "steps": s["steps"], "check_seconds": m["check_seconds"],
+                         "eval_seconds": s["eval_seconds"], "failed_full_checks": s["failed_full_checks"],
+                         "exact_match": m["exact_match"], "exact_match_unseen_pairs": m["exact_match_unseen_pairs"],
+                         "verified": m["verified"], "dtype": s["dtype"]})
+    verified = [r["time_to_verified"] for r in rows if r["time_to_verified"] is not None]
+    all_exact = all(r["verified"] for r in rows)
+    summary = [summarise("time_to_verified (wall-clock)", verified, ADDITION_TIME_TO_VERIFIED_SECONDS, unit="s")
+               ] if verified else []
+    summary += [summarise("whole command, benchmark's stopwatch", [r["stopwatch_seconds"] for r in rows], unit="s"),
+                summarise("train_seconds", [r["train_seconds"] for r in rows], unit="s"),
+                summarise("passing exhaustive check seconds", [r["check_seconds"] for r in rows],
+                          ADDITION_CHECK_SECONDS, unit="s")]
+    for row in summary:
+        print(summary_line(row))
     print(f"every seed exact on all 1,000,000 pairs: {'yes' if all_exact else 'NO'}")
+    payload = {"overrides": args.overrides, "every_seed_exact": all_exact, "runs": rows, "summary": summary}
     if not args.skip_reference:
-        per_iter = time_reference()
-        print(f"addition-reference: {per_iter:.3f} s/iteration, projected 5000 iterations: "
-              f"{per_iter * 5000 / 3600:.2f} h")
+        from speedrun.config import load_config
+
+        per_iter = time_steps(load_config("addition-reference"), 20, 2)[0]
+        payload["reference"] = [{"recipe": "addition-reference", "seconds_per_iteration": per_iter,
+                                 "projected_hours": per_iter * REFERENCE_ITERATIONS / 3600}]
+        print(f"addition-reference: {per_iter:.3f} s/iteration, projected {REFERENCE_ITERATIONS} iterations: "
+              f"{per_iter * REFERENCE_ITERATIONS / 3600:.2f} h")
+    write_record("addition", payload, caches="warm", out=args.out, seeds=args.seeds,
+                 caches_note="the user's SPEEDRUN_CACHE (its matmul peak) and Inductor cache, as they are")
 
 
 if __name__ == "__main__":

@@ -4,14 +4,16 @@ Runs the default `speedrun chat-pipeline` (every stage, Python's documentation a
 corpus) in a fresh folder, wall-clock timed from the command's start to its end, and
 prints each stage's seconds, the total against the 30-minute target, and the held-out
 task accuracies (the constant-answer baseline, the base model few-shot, the fine-tuned
-model, arithmetic also without the tool) against the targets.
+model, arithmetic also without the tool) against the targets. The record
+(results/chat.json) holds the pipeline's state and both evaluations; the folder stays.
 
-    python benchmarks/chat.py [--out DIR] [key=value ...]   # overrides as for chat-pipeline
+    python -m benchmarks chat [--workdir DIR] [--out results/chat.json] [key=value ...]
+
+where the overrides are chat-pipeline's (`base.dtype=float32 sft.dtype=float32`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -19,18 +21,30 @@ import tempfile
 import time
 from pathlib import Path
 
-TARGET_MINUTES = 30.0
-TARGETS = {"addition": 0.95, "spelling": 0.90, "counting": 0.80}
-MARGIN_POINTS = 30  # every task must beat its constant-answer baseline by this many points
+from benchmarks.common import (CHAT_MARGIN_OVER_CONSTANT_POINTS, CHAT_PIPELINE_MINUTES, CHAT_TASK_ACCURACY, parser,
+                               print_machine, write_record)
+
+
+def verdicts(after: dict) -> dict:
+    """Per task: the target it has, and its margin over the constant answer, each met or missed."""
+    rows = {}
+    for name, result in after.items():
+        target = CHAT_TASK_ACCURACY.get(name)
+        margin = (result["accuracy"] - result["constant"]) * 100
+        rows[name] = {"target": target, "target_met": None if target is None else result["accuracy"] >= target,
+                      "margin_points": margin, "margin_met": margin >= CHAT_MARGIN_OVER_CONSTANT_POINTS}
+    return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help="pipeline folder (default: a new temporary folder); must not exist")
-    args, overrides = parser.parse_known_args()
-    out = Path(args.out or tempfile.mkdtemp(prefix="speedrun-chat-bench-")) / "chat"
+    p = parser(__doc__, "chat")
+    p.add_argument("--workdir", help="the pipeline's parent folder (default: a new temporary folder); its chat/ "
+                   "must not exist")
+    args, overrides = p.parse_known_args()
+    out = Path(args.workdir or tempfile.mkdtemp(prefix="speedrun-chat-bench-")) / "chat"
     if out.exists():
-        sys.exit(f"error: {out} exists; the benchmark times a fresh pipeline, give a new --out")
+        sys.exit(f"error: {out} exists; the benchmark times a fresh pipeline, give a new --workdir")
+    print_machine()
     cmd = [sys.executable, "-m", "speedrun", "chat-pipeline", "--out", str(out), "--quiet", *overrides]
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
@@ -38,26 +52,32 @@ def main() -> None:
     wall = time.perf_counter() - t0
 
     state = json.loads((out / "pipeline.json").read_text())
-    before = json.loads((out / "eval_base.json").read_text())["tasks"]
-    after = json.loads((out / "eval_sft.json").read_text())["tasks"]
+    evaluations = {name: json.loads((out / f"{name}.json").read_text()) for name in ("eval_base", "eval_sft")}
+    before, after = evaluations["eval_base"]["tasks"], evaluations["eval_sft"]["tasks"]
     print(f"\nfolder: {out}")
     for stage, figures in state["stages"].items():
         print(f"  {stage:<10} {figures['seconds']:7.1f} s")
-    verdict = "met" if wall / 60 <= TARGET_MINUTES else "MISSED"
-    print(f"total wall-clock {wall / 60:.1f} min (target <= {TARGET_MINUTES:.0f} min: {verdict})\n")
+    met = wall / 60 <= CHAT_PIPELINE_MINUTES
+    print(f"total wall-clock {wall / 60:.1f} min (target <= {CHAT_PIPELINE_MINUTES:.0f} min: "
+          f"{'met' if met else 'MISSED'})\n")
     print(f"{'task':<20} {'constant':>8} {'before':>8} {'after':>8} {'items':>6}  target; after - constant >= "
-          f"{MARGIN_POINTS} points")
+          f"{CHAT_MARGIN_OVER_CONSTANT_POINTS} points")
+    tasks = verdicts(after)
     for name, result in after.items():
-        target = TARGETS.get(name)
-        mark = "" if target is None else f">= {target:.0%} " + ("met" if result["accuracy"] >= target else "MISSED")
-        margin = (result["accuracy"] - result["constant"]) * 100
-        mark += f"; {margin:+.0f} points " + ("met" if margin >= MARGIN_POINTS else "MISSED")
+        v = tasks[name]
+        mark = "" if v["target"] is None else f">= {v['target']:.0%} " + ("met" if v["target_met"] else "MISSED")
+        mark += f"; {v['margin_points']:+.0f} points " + ("met" if v["margin_met"] else "MISSED")
         print(f"{name:<20} {result['constant']:8.1%} {before[name]['accuracy']:8.1%} {result['accuracy']:8.1%} "
               f"{result['total']:6d}  {mark.lstrip('; ')}")
     print("before: the base model few-shot in plain text; constant: the best constant answer")
-    score = json.loads((out / "eval_sft.json").read_text())["score"]
-    print(f"score centred on the constant answer: {json.loads((out / 'eval_base.json').read_text())['score']:.3f} "
-          f"before, {score:.3f} after")
+    scores = {name: e["score"] for name, e in evaluations.items()}
+    print(f"score centred on the constant answer: {scores['eval_base']:.3f} before, {scores['eval_sft']:.3f} after")
+    write_record("chat", {"folder": str(out), "overrides": overrides, "wall_seconds": wall,
+                          "target_minutes": CHAT_PIPELINE_MINUTES, "target_met": met, "pipeline": state,
+                          "evaluations": {name: e["tasks"] for name, e in evaluations.items()}, "scores": scores,
+                          "tasks": tasks}, caches="warm", out=args.out,
+                 caches_note="a fresh pipeline folder; the user's SPEEDRUN_CACHE and Inductor cache as they are")
+
 
 if __name__ == "__main__":
     main()

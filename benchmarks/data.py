@@ -14,30 +14,23 @@ step), and times the two tokenizer libraries' own batch encoders on the same tex
 prepared tokenizer, beside preparation's own rate (reading, splitting, deduplicating,
 encoding and writing shards). The record goes to results/data.json.
 
-    python benchmarks/data.py [--sizes-mb 100 5000] [--workdir /tmp/speedrun-data-bench]
+    python -m benchmarks data [--sizes-mb 100 5000] [--workdir /tmp/speedrun-data-bench]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe  # noqa: E402
+from benchmarks.common import (DATA_EVAL_FRACTION, DATA_FIRST_STEP_SECONDS, DATA_PEAK_GROWTH, DATA_PEAK_RSS_BYTES,
+                               DATA_PREPARATION_VS_ENCODE_BATCH, parser, print_machine, write_record)
+from benchmarks.timing import drop_page_cache, measured
 
-ROOT = Path(__file__).resolve().parent.parent
-TARGET_PEAK_BYTES = 1.5e9            # at 5 GB
-TARGET_PEAK_GROWTH = 1.3             # largest corpus against the smallest
-TARGET_ENCODE_RATIO = 0.8            # preparation against the library's own batch encoding
-TARGET_FIRST_STEP_SECONDS = 5.0      # second run, prepared dataset
-TARGET_EVAL_FRACTION = 0.10
 COMMAND = ["train", "shakespeare-bpe", "train.steps=20", "train.time_budget=0"]
 
 
@@ -85,31 +78,7 @@ def generate(path: Path, megabytes: int, seed: int = 0) -> dict:
     return info
 
 
-# --- one measured command --------------------------------------------------------
-def drop_page_cache() -> bool:
-    """Whether the OS page cache could be emptied (needs root, and not every container lets it)."""
-    try:
-        os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
-
-
-def measured(args: list[str], env: dict, log: Path) -> dict:
-    """Stopwatch and peak resident memory (its own ru_maxrss, from wait4) of one `python -m
-    speedrun` process, its output in `log`."""
-    with log.open("w") as f:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "speedrun", *args], env=env, stdout=f, stderr=f)
-        _, status, usage = os.wait4(proc.pid, 0)
-        stopwatch = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed ({proc.returncode}):\n{log.read_text()[-3000:]}")
-    return {"stopwatch": stopwatch, "peak_rss_bytes": usage.ru_maxrss * 1024}
-
-
+# --- one training command, measured -----------------------------------------------
 def run_train(corpus: Path, workdir: Path, name: str, fresh: bool) -> dict:
     cache = workdir / "cache"
     env = {**os.environ, "SPEEDRUN_CACHE": str(cache)}
@@ -171,25 +140,14 @@ def encoder_rates(corpus: Path, folder: Path, megabytes: int = 200) -> dict:
     return rates
 
 
-def commit() -> str:
-    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
-    return r.stdout.strip() + ("+dirty" if dirty else "")
-
-
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, "data")
     p.add_argument("--sizes-mb", type=int, nargs="+", default=[100, 5000])
     p.add_argument("--workdir", type=Path, default=Path("/tmp/speedrun-data-bench"))
-    p.add_argument("--out", type=Path, default=ROOT / "results" / "data.json")
     a = p.parse_args()
     a.workdir.mkdir(parents=True, exist_ok=True)
-    machine = describe()
-    print(machine, flush=True)
-    record = {"benchmark": "benchmarks/data.py", "command": "speedrun " + " ".join(COMMAND) + " --data CORPUS",
-              "argv": sys.argv, "commit": commit(), "machine": machine, "date": time.strftime("%Y-%m-%d %H:%M"),
-              "corpora": {}, "runs": []}
+    print_machine()
+    record = {"measured_command": "speedrun " + " ".join(COMMAND) + " --data CORPUS", "corpora": {}, "runs": []}
     sizes = sorted(a.sizes_mb)
     for mb in sizes:
         corpus = a.workdir / f"corpus-{mb}mb.jsonl"
@@ -212,26 +170,27 @@ def main() -> None:
     record["encoders"] = rates
     small, big = record["runs"][0], cold
     record["targets"] = {
-        "peak_rss_at_largest_bytes": [big["peak_rss_bytes"], TARGET_PEAK_BYTES],
+        "peak_rss_at_largest_bytes": [big["peak_rss_bytes"], DATA_PEAK_RSS_BYTES],
         "peak_growth": [big["peak_rss_bytes"] / small["peak_rss_bytes"]
-                        if big["peak_rss_bytes"] and small["peak_rss_bytes"] else None, TARGET_PEAK_GROWTH],
+                        if big["peak_rss_bytes"] and small["peak_rss_bytes"] else None, DATA_PEAK_GROWTH],
         # text against text: preparation's rate counts the distinct documents' UTF-8 bytes it
         # encoded (not the JSON around them), as the libraries' rates count their documents'
         "preparation_vs_tokenizers_encode_batch": [
-            rates["preparation_distinct_text_mb_s"] / rates["tokenizers_encode_batch_mb_s"], TARGET_ENCODE_RATIO],
+            rates["preparation_distinct_text_mb_s"] / rates["tokenizers_encode_batch_mb_s"],
+            DATA_PREPARATION_VS_ENCODE_BATCH],
         "preparation_vs_tiktoken_encode_ordinary_batch": [
             rates["preparation_distinct_text_mb_s"] / rates["tiktoken_encode_ordinary_batch_mb_s"], None],
-        "second_run_first_step_seconds": [again["setup_seconds"], TARGET_FIRST_STEP_SECONDS],
-        "eval_fraction_at_largest": [big["eval_fraction"], TARGET_EVAL_FRACTION],
+        "second_run_first_step_seconds": [again["setup_seconds"], DATA_FIRST_STEP_SECONDS],
+        "eval_fraction_at_largest": [big["eval_fraction"], DATA_EVAL_FRACTION],
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(record, indent=2) + "\n")
     print("\ntarget                                        measured      target")
     for name, (value, target) in record["targets"].items():
         shown = "-" if value is None else f"{value:,.3f}" if value < 1e6 else f"{value / 1e9:,.2f} GB"
         goal = "" if target is None else f"{target:,.3f}" if target < 1e6 else f"{target / 1e9:,.2f} GB"
         print(f"{name:<45} {shown:>12}  {goal:>10}")
-    print(f"\nrecord: {a.out}")
+    write_record("data", record, caches="cold", out=a.out,
+                 caches_note="each size's prepared dataset emptied and the page cache dropped where the OS allows "
+                             "(page_cache_dropped); the last run is the largest again on its prepared dataset")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 1. `pytest -q -m cuda tests/test_cuda.py`: passed, failed and skipped counts and the output's tail.
 2. `speedrun train gpt2-124m` for 60 s of wall-clock, compiled, in bf16, on an English-like JSONL
-   corpus the script generates (benchmarks/data.py's `generate`: no network needed) and prepares
+   corpus the script generates (the data benchmark's `generate`: no network needed) and prepares
    first with `speedrun prepare`, so that the budget goes to compiling and training, not to
    tokenizing: tokens/s, MFU against the GPU's dense bf16 peak from NVIDIA's data sheet (and
    against the matmul peak the run measured), and the GPU's peak memory, polled with nvidia-smi.
@@ -13,14 +13,14 @@ Every step has its own timeout, cut to what is left of the 8 minutes; a step tha
 times out is recorded and the next one runs. The record (results/gpu.json) is written after
 every step, so a run cut short still leaves one. Text runs here sample no text
 (data.sample_tokens=0): sampling is not what is measured, and tests/test_cuda.py checks it.
+speedrun must be importable: installed (`pip install -e .`), or `PYTHONPATH=src` on a copy of the tree.
 
-    python benchmarks/gpu.py [--shakespeare PATH] [--recipe gpt2-124m] [--out results/gpu.json]
-    python benchmarks/gpu.py --dry-run --out /tmp/gpu-dry.json   # the same steps, tiny, on a CPU
+    python -m benchmarks gpu [--shakespeare PATH] [--recipe gpt2-124m] [--out results/gpu.json]
+    python -m benchmarks gpu --dry-run --out /tmp/gpu-dry.json   # the same steps, tiny, on a CPU
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -34,36 +34,34 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from data import commit, generate  # noqa: E402
+from benchmarks.common import DEFAULT_DATA, NANOGPT_A100_VAL_LOSS, ROOT, machine, parser, print_machine, write_record
+from benchmarks.data import generate
 
-ROOT = Path(__file__).resolve().parent.parent
 DEADLINE_SECONDS = 470  # every step ends by then: the whole stays under 8 minutes
 TIMEOUTS = {"tests": 170, "prepare": 80}  # seconds; a training step gets its budget plus its slack
 TRAIN_SLACK_SECONDS = {"gpt2": 45, "shakespeare": 25}  # the final evaluation and checkpoints
 MIN_STEP_SECONDS = 10
+CACHES_NOTE = ("the workdir's SPEEDRUN_CACHE, corpus and prepared dataset, kept between runs of the benchmark "
+               "(prepare's prepared_before); Inductor's cache as it is")
 # Dense (not 2:4 sparse) bf16 tensor-core peaks from NVIDIA's data sheets, by a part of the name
 # torch.cuda.get_device_name gives; the first match wins, so each variant comes before its family.
 DENSE_BF16_PEAKS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200 NVL", 835e12),
                     ("H200", 989e12), ("A100", 312e12)]
-NANOGPT_GPU = {"val_loss": 1.4697, "wall_seconds": 180, "gpu": "A100",
+NANOGPT_GPU = {"val_loss": NANOGPT_A100_VAL_LOSS, "wall_seconds": 180, "gpu": "A100",
                "model": "6 layers x 384, 6 heads, context 256, 5,000 iterations",
                "source": "nanoGPT's README (its published figure, not measured here: 'about 3 minutes')"}
 # beside the repository (this machine's layout), else inside it (a GPU machine's copy of the tree)
-SHAKESPEARE = [root / "shared" / "data" / "tinyshakespeare.txt" for root in (ROOT.parent, ROOT)]
+SHAKESPEARE = [DEFAULT_DATA, ROOT / "shared" / "data" / "tinyshakespeare.txt"]
 GPU_RUN = ["device=cuda", "dtype=bfloat16"]
 CPU_RUN = ["device=cpu", "dtype=float32"]
-# --dry-run: a model small enough for a 5-second budget on a CPU, where a cold compile alone takes longer
+# --dry-run: a model small enough for a 5-second budget on a CPU, where a cold compile alone takes longer,
+# and evaluations of a few thousand tokens (the whole of Tiny Shakespeare's val split takes 20 s there)
+DRY_EVAL = ["data.eval_tokens=4096"]
 DRY_MODEL = ["model.n_layer=1", "model.n_head=2", "model.n_embd=64", "model.block_size=64", "train.batch_size=8",
-             "train.batch_tokens=0", "train.compile=false"]
+             "train.batch_tokens=0", "train.compile=false", *DRY_EVAL]
 SUMMARY_KEYS = ("steps", "stopped_by", "params", "tokens", "tokens_per_second", "flops_per_token", "compiled",
                 "compile_seconds", "setup_seconds", "train_seconds", "eval_seconds", "checkpoint_seconds",
                 "wall_seconds", "device", "dtype")
-MACHINE = ("import json, torch; from speedrun.device import hardware; "
-           "p = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None; "
-           "print(json.dumps({**hardware(), 'gpu_count': torch.cuda.device_count(), "
-           "'gpu_memory_bytes': p.total_memory if p else None, 'torch': torch.__version__, "
-           "'cuda': torch.version.cuda}))")
 
 
 def dense_bf16_peak(gpu: str | None) -> tuple[float | None, str | None]:
@@ -133,9 +131,7 @@ class Bench:
         self.deadline = time.monotonic() + DEADLINE_SECONDS
         self.workdir = args.workdir
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
-        src = str(ROOT / "src")
-        self.env = {**os.environ, "SPEEDRUN_CACHE": str(self.workdir / "cache"),
-                    "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+        self.env = {**os.environ, "SPEEDRUN_CACHE": str(self.workdir / "cache")}
         self.device_run = CPU_RUN if self.dry else GPU_RUN
 
     def run(self, name: str, cmd: list[str], timeout: float) -> dict:
@@ -195,7 +191,7 @@ class Bench:
                              for split, info in manifest["splits"].items()}
         return r, prepared
 
-    def gpt2(self, prepared: Path, machine: dict) -> dict:
+    def gpt2(self, prepared: Path) -> dict:
         out = self.workdir / "runs" / "gpt2"
         shutil.rmtree(out, ignore_errors=True)
         budget = self.args.gpt2_budget
@@ -208,7 +204,7 @@ class Bench:
         if not (out / "summary.json").is_file():
             return r
         s = json.loads((out / "summary.json").read_text())
-        peak, source = dense_bf16_peak(machine.get("gpu"))
+        peak, source = dense_bf16_peak(machine()["gpu"])
         r.update({k: s.get(k) for k in SUMMARY_KEYS})
         r.update(val_loss=s["metrics"].get("val_loss"), mfu_vs_measured_peak=s.get("mfu"),
                  measured_matmul_peak_flops=s.get("peak_flops"), dense_bf16_peak_flops=peak,
@@ -225,8 +221,9 @@ class Bench:
         shutil.rmtree(out, ignore_errors=True)
         budget = self.args.shakespeare_budget
         r = self.run("shakespeare", speedrun("train", "shakespeare-char-long", "--data", str(path), *self.device_run,
-                                             f"train.time_budget={budget}", "data.sample_tokens=0", "--out", str(out),
-                                             "--quiet"), budget + TRAIN_SLACK_SECONDS["shakespeare"])
+                                             f"train.time_budget={budget}", "data.sample_tokens=0",
+                                             *(DRY_EVAL if self.dry else []), "--out", str(out), "--quiet"),
+                     budget + TRAIN_SLACK_SECONDS["shakespeare"])
         r["reference"] = NANOGPT_GPU
         r["split_note"] = ("speedrun's val is the first half of nanoGPT's 10% val split and test the second: "
                            "comparable with nanoGPT's val loss, not the same text")
@@ -238,13 +235,6 @@ class Bench:
         return r
 
 
-def write(record: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def say(name: str, r: dict, *keys: str) -> None:
     shown = ", ".join(f"{k} {r[k]:,.4g}" if isinstance(r[k], float) else f"{k} {r[k]}"
                       for k in keys if r.get(k) is not None)
@@ -252,8 +242,17 @@ def say(name: str, r: dict, *keys: str) -> None:
           + (f"; {shown}" if shown else "") + (f" ({r['error']})" if "error" in r else ""), flush=True)
 
 
+def gpu_details() -> dict:
+    """What the record's machine line leaves out: how many GPUs, the first one's memory, CUDA's version."""
+    import torch
+
+    p = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None
+    return {"gpu_count": torch.cuda.device_count(), "gpu_memory_bytes": p.total_memory if p else None,
+            "cuda": torch.version.cuda}
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, "gpu")
     p.add_argument("--dry-run", action="store_true", help="every step on the CPU, tiny, to check the script")
     p.add_argument("--recipe", default="gpt2-124m", help="the recipe of step 2 (default gpt2-124m)")
     p.add_argument("--shakespeare", type=Path, help="tinyshakespeare.txt (default ../shared/data/ beside the "
@@ -263,36 +262,38 @@ def main() -> None:
     p.add_argument("--shakespeare-budget", type=float, help="step 3's train.time_budget (default 60 s; 5 with "
                                                             "--dry-run)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/speedrun-gpu-bench"))
-    p.add_argument("--out", type=Path, help="the record (default results/gpu.json; with --dry-run, in the workdir)")
     a = p.parse_args()
     a.corpus_mb = a.corpus_mb or (3 if a.dry_run else 200)
     a.gpt2_budget = a.gpt2_budget or (5.0 if a.dry_run else 60.0)
     a.shakespeare_budget = a.shakespeare_budget or (5.0 if a.dry_run else 60.0)
-    a.out = a.out or (a.workdir / "gpu-dry.json" if a.dry_run else ROOT / "results" / "gpu.json")
+    if a.dry_run and a.out is None:
+        a.out = a.workdir / "gpu-dry.json"
     bench = Bench(a)
-    info = subprocess.run([sys.executable, "-c", MACHINE], capture_output=True, text=True, env=bench.env)
-    machine = json.loads(info.stdout) if info.returncode == 0 else {"error": info.stderr[-1000:]}
-    print(f"machine: {machine}", flush=True)
-    record = {"benchmark": "benchmarks/gpu.py", "command": shlex.join(["python", *sys.argv]), "commit": commit(),
-              "date": time.strftime("%Y-%m-%d %H:%M"), "dry_run": a.dry_run, "machine": machine, "steps": {}}
+    print_machine()
+    details = gpu_details()
+    print(f"gpu: {machine()['gpu'] or 'none'}, {details}", flush=True)
+    record = {"dry_run": a.dry_run, **details, "steps": {}}
+
+    def write() -> None:
+        write_record("gpu", record, caches="warm", out=a.out, caches_note=CACHES_NOTE)
+
     steps = record["steps"]
     steps["tests"] = bench.tests()
-    write(record, a.out)
+    write()
     say("tests", steps["tests"], "counts")
     steps["prepare"], prepared = bench.prepare()
-    write(record, a.out)
+    write()
     say("prepare", steps["prepare"], "corpus_seconds", "prepared_before")
     if steps["prepare"]["status"] == "ok":
-        steps["gpt2"] = bench.gpt2(prepared, machine)
+        steps["gpt2"] = bench.gpt2(prepared)
     else:
         steps["gpt2"] = {"status": "skipped", "reason": "the corpus was not prepared"}
-    write(record, a.out)
+    write()
     say(a.recipe, steps["gpt2"], "steps", "tokens_per_second", "mfu_vs_dense_bf16_peak", "mfu_vs_measured_peak",
         "peak_gpu_memory_mib", "compile_seconds")
     steps["shakespeare"] = bench.shakespeare()
-    write(record, a.out)
+    write()
     say("shakespeare-char-long", steps["shakespeare"], "val_loss", "wall_seconds", "steps")
-    print(f"record: {a.out}")
 
 
 if __name__ == "__main__":

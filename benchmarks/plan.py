@@ -1,6 +1,6 @@
 """`speedrun plan` against the stopwatch: the CPU recipes' predicted wall-clock beside their measured one.
 
-    python benchmarks/plan.py [--recipes shakespeare-char shakespeare-bpe chat-base] [--out results/plan.json]
+    python -m benchmarks plan [--recipes shakespeare-char shakespeare-bpe chat-base] [--out results/plan.json]
 
 On a CPU a plan uses this machine's measured matmul peak and the MFU that finished runs of
 the nearest size reached here. So, per recipe, on Tiny Shakespeare, in a cache of the
@@ -17,24 +17,19 @@ The record also holds the plans docs/guide.md's "Bigger machines" shows (1 CPU, 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks.common import PLAN_RELATIVE_ERROR, parser, print_machine, write_record
+from benchmarks.timing import drop_page_cache, measured
 
-from data import commit, drop_page_cache, measured  # noqa: E402
-from machine import describe  # noqa: E402
-
-SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 RECIPES = ["shakespeare-char", "shakespeare-bpe", "chat-base"]
 CALIBRATION_BUDGET = 45.0  # seconds of a time-budgeted recipe's calibration run
-TARGET_RATIO = 0.2  # |predicted / measured - 1|
+CACHES_NOTE = ("the benchmark's own SPEEDRUN_CACHE, emptied at its start; each timed run finds the dataset its "
+               "calibration prepared, with the page cache dropped where the OS allows (page_cache_dropped)")
 GPU_PLANS = [("base-d20", ["--gpus", "8", "--gpu", "h100"]), ("base-d20", ["--gpu", "h100"]),
              ("gpt2-124m", ["--gpu", "h100"]), ("gpt2-124m", ["--gpu", "4090"]),
              ("gpt2-124m", ["--gpus", "8", "--gpu", "h100"]), ("gpt2-124m", ["--gpu", "cpu"])]
@@ -47,28 +42,22 @@ def speedrun_json(args: list[str], env: dict) -> dict:
 
 
 def budgeted(recipe: str) -> bool:
-    sys.path.insert(0, str(ROOT / "src"))
     from speedrun.config import load_config
 
     return load_config(recipe).train.time_budget > 0
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, "plan", data=True)
     p.add_argument("--recipes", nargs="+", default=RECIPES)
-    p.add_argument("--data", type=Path, default=SHAKESPEARE)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/speedrun-plan-bench"))
-    p.add_argument("--out", type=Path, default=ROOT / "results" / "plan.json")
     a = p.parse_args()
     subprocess.run(["rm", "-rf", str(a.workdir)], check=True)
     a.workdir.mkdir(parents=True)
     env = {**os.environ, "SPEEDRUN_CACHE": str(a.workdir / "cache")}
-    machine = describe()
-    print(machine, flush=True)
+    print_machine()
     data = ["--data", str(a.data)]
-    record = {"benchmark": "benchmarks/plan.py", "argv": sys.argv, "commit": commit(), "machine": machine,
-              "date": time.strftime("%Y-%m-%d %H:%M"), "data": str(a.data), "target_ratio": TARGET_RATIO,
-              "recipes": [], "gpu_plans": []}
+    record = {"data": str(a.data), "target_ratio": PLAN_RELATIVE_ERROR, "recipes": [], "gpu_plans": []}
     for recipe in a.recipes:
         calibrate = ["train.seed=2"] + ([f"train.time_budget={CALIBRATION_BUDGET}"] if budgeted(recipe) else [])
         measured(["train", recipe, *calibrate, *data, "--out", str(a.workdir / f"{recipe}-calibration"), "--quiet"],
@@ -88,18 +77,16 @@ def main() -> None:
                "plan_mfu": plan["mfu"], "plan_mfu_from": plan["mfu_from"], "measured_mfu": summary["mfu"],
                "predicted_params": plan["parameters"], "measured_params": summary["params"],
                "ratio": plan["seconds"] / r["stopwatch"]}
-        row["met"] = abs(row["ratio"] - 1) <= TARGET_RATIO
+        row["met"] = abs(row["ratio"] - 1) <= PLAN_RELATIVE_ERROR
         record["recipes"].append(row)
         print(f"{recipe:<18} predicted {plan['seconds']:7.1f} s  measured {r['stopwatch']:7.1f} s  "
               f"ratio {row['ratio']:.3f}  steps {plan['steps']} vs {summary['steps']}  "
               f"{'met' if row['met'] else 'MISSED'}", flush=True)
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(record, indent=2) + "\n")
+        write_record("plan", record, caches="warm", out=a.out, caches_note=CACHES_NOTE)
     for recipe, args in GPU_PLANS:
         plan = speedrun_json(["plan", recipe, *args], env)
         record["gpu_plans"].append({"command": " ".join(["speedrun", "plan", recipe, *args]), "plan": plan})
-    a.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"record: {a.out}")
+    write_record("plan", record, caches="warm", out=a.out, caches_note=CACHES_NOTE)
 
 
 if __name__ == "__main__":

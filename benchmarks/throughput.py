@@ -5,23 +5,20 @@ vocabulary); each row changes one setting from the fp32 AdamW baseline, and the
 last row combines the ones that helped. Every variant is timed in this one
 process on the same text over the same number of optimizer steps, after warm-up
 steps (which also absorb compilation), and the tokens per second are printed
-with the ratio to the baseline.
+with the ratio to the baseline; target: the fastest settings found at 2x the
+baseline's tokens per second.
 
-    python benchmarks/throughput.py [--data ../shared/data/tinyshakespeare.txt] [--steps 40] [--repeats 3]
+    python -m benchmarks throughput [--data ../shared/data/tinyshakespeare.txt] [--steps 40] [--repeats 3]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import sys
-import time
-from pathlib import Path
 
-import torch
-
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+from benchmarks.common import (THROUGHPUT_SPEEDUP_AT_NANOGPT_CPU_SHAPE, parser, print_machine, summarise,
+                               summary_line, write_record)
+from benchmarks.timing import time_steps
 
 OUR_BLOCK = ["model.pos=rope", "model.norm=rmsnorm", "model.mlp=relu2", "model.qk_norm=true",
              "model.zero_init_proj=true", "model.tie_embeddings=false"]
@@ -37,38 +34,17 @@ VARIANTS = [  # (name, overrides, compile), each measured against the baseline o
 ]
 
 
-def time_steps(cfg, steps: int, warmup: int, compile_model: bool = False) -> tuple[float, float]:
-    """(seconds per optimizer step, seconds of warm-up) for `cfg`, timed like the trainer's clock."""
-    from speedrun.run import Run
-    from speedrun.step import train_step
-
-    rt, parts = Run(cfg).parts()
-    cfg, task, model, optimizer = parts.cfg, parts.task, parts.model, parts.optimizer
-    step_fn = torch.compile(model) if compile_model else model
-    generator = torch.Generator().manual_seed(0)
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        train_step(step_fn, model, optimizer, task, cfg, rt, generator)
-    t1 = time.perf_counter()
-    for _ in range(steps):
-        train_step(step_fn, model, optimizer, task, cfg, rt, generator)
-    return (time.perf_counter() - t1) / steps, t1 - t0
-
-
 def main() -> None:
     from speedrun.config import load_config
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3, help="timings of each variant (median reported)")
-    args = parser.parse_args()
-    if not args.data.is_file():
-        sys.exit(f"error: {args.data} not found; pass --data PATH to tinyshakespeare.txt")
-
+    p = parser(__doc__, "throughput", data=True)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3, help="timings of each variant (median reported)")
+    args = p.parse_args()
+    print_machine()
     data = [f"data.source={json.dumps(str(args.data))}"]
-    baseline = None
+    baseline, rows = None, []
     print(f"{'variant':<48} {'tokens/s':>10} {'spread':>17} {'vs baseline':>11} {'warm-up s':>9}")
     for name, overrides, compile_model in VARIANTS:
         cfg = load_config("nanogpt-cpu", data + overrides)
@@ -80,8 +56,19 @@ def main() -> None:
             warm.append(warmup_seconds)
         rate = statistics.median(rates)
         baseline = baseline or rate
+        rows.append({"variant": name, "overrides": " ".join(overrides) or None, "compiled": compile_model,
+                     "tokens_per_second": rate, "min": min(rates), "max": max(rates),
+                     "vs_baseline": rate / baseline, "warmup_seconds": statistics.median(warm)})
         print(f"{name:<48} {rate:>10,.0f} {min(rates):>8,.0f}-{max(rates):<8,.0f} {rate / baseline:>10.2f}x "
               f"{statistics.median(warm):>9.1f}", flush=True)
+    fastest = rows[-1]
+    summary = [summarise("tokens/s over the fp32 AdamW baseline's", [fastest["vs_baseline"]],
+                         THROUGHPUT_SPEEDUP_AT_NANOGPT_CPU_SHAPE, lower_is_better=False, unit="x",
+                         run=fastest["variant"])]
+    print(summary_line(summary[0]))
+    write_record("throughput", {"steps": args.steps, "warmup_steps": args.warmup, "repeats": args.repeats,
+                                "variants": rows, "summary": summary}, caches="warm", out=args.out,
+                 caches_note="every variant in this one process, after its warm-up steps")
 
 
 if __name__ == "__main__":
