@@ -1,10 +1,13 @@
 """Write docs/results.md from the JSON records in results/, so no figure is pasted by hand.
 
-    python benchmarks/report.py            # (re)write docs/results.md
-    python benchmarks/report.py --check    # exit 1 if docs/results.md is not what the records give
+    python -m benchmarks report            # (re)write docs/results.md
+    python -m benchmarks report --check    # exit 1 if docs/results.md is not what the records give
 
 Each record kind has a small renderer: a verify record (`speedrun verify`), a speed record
-(benchmarks/speed.py), the data and plan benchmarks' records, and a chat pipeline's folder.
+(the speed benchmark), the data, plan, chat and GPU benchmarks' records, a chat pipeline's
+folder, and the rest (how it was made, its scalars, its tables). A record made before
+`common.write_record` (a string machine line, a commit with "+dirty", no caches) renders as it
+always did; one made through it states its machine, torch and caches in the same bullets.
 Numbers are read as decimals and a number written with at most six digits is shown as it is
 written, so a converted printout's figures appear exactly as printed; longer ones (a float a
 program wrote) are rounded for reading. The output depends on the records only: running it
@@ -19,8 +22,8 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "results"
+from benchmarks.common import PROG, RESULTS, ROOT, describe
+
 OUT = ROOT / "docs" / "results.md"
 GIB = 2 ** 30
 
@@ -76,6 +79,8 @@ def about(record: dict, keys: list[str]) -> list[str]:
             value = " ".join(value)
         if key == "machine" and isinstance(value, str):
             value = value.removeprefix("machine: ")
+        if key == "machine" and isinstance(value, dict):
+            value = describe(value)
         text = f"`{fmt(value)}`" if key in ("command", "argv") and value is not None else fmt(value)
         for extra in ("_from", "_note"):
             if key + extra in record:
@@ -84,7 +89,8 @@ def about(record: dict, keys: list[str]) -> list[str]:
     return lines + [""]
 
 
-META = ["benchmark", "command", "argv", "commit", "machine", "date", "cold", "duration", "converted_from"]
+META = ["benchmark", "command", "argv", "commit", "dirty", "machine", "torch", "date", "cold", "caches", "seeds",
+        "duration", "converted_from"]
 
 
 def verify(record: dict) -> list[str]:
@@ -114,7 +120,7 @@ def speed(record: dict) -> list[str]:
 
 
 def data(record: dict) -> list[str]:
-    lines = about(record, META)
+    lines = about(record, META + ["measured_command"])
     lines += table([{"corpus": name, **corpus} for name, corpus in record["corpora"].items()])
     runs = []
     for run in record["runs"]:
@@ -175,24 +181,34 @@ def plan_check(run: dict) -> dict:
 
 
 def chat(folder: Path) -> list[str]:
+    """A chat pipeline's folder, with the record.json written beside it by hand."""
     record = load(folder / "record.json")
-    pipeline = load(folder / "pipeline.json")
     lines = about(record, ["command", "commit", "machine", "date"])
     if "note" in record:
         lines += [record["note"] + ".", ""]
+    evaluations = {name: load(folder / f"{name}.json")["tasks"] for name in ("eval_base", "eval_sft")
+                   if (folder / f"{name}.json").exists()}
+    return lines + pipeline_tables(load(folder / "pipeline.json"), evaluations)
+
+
+def chat_record(record: dict) -> list[str]:
+    """The chat benchmark's record: the pipeline's state and its evaluations, in one file."""
+    lines = about(record, META + ["folder", "wall_seconds"])
+    return lines + pipeline_tables(record["pipeline"], record["evaluations"])
+
+
+def pipeline_tables(pipeline: dict, evaluations: dict) -> list[str]:
     config = pipeline["config"]
-    lines += [f"Pipeline: seed {config['seed']}, vocabulary {config['vocab_size']}, base recipe "
-              f"`{config['base_recipe']}`, fine-tuning recipe `{config['sft_recipe']}`, {config['eval_items']} items "
-              f"per task; overrides: base {fmt(pipeline['overrides']['base']) or 'none'}, "
-              f"fine-tuning {fmt(pipeline['overrides']['sft']) or 'none'}.", ""]
+    lines = [f"Pipeline: seed {config['seed']}, vocabulary {config['vocab_size']}, base recipe "
+             f"`{config['base_recipe']}`, fine-tuning recipe `{config['sft_recipe']}`, {config['eval_items']} items "
+             f"per task; overrides: base {fmt(pipeline['overrides']['base']) or 'none'}, "
+             f"fine-tuning {fmt(pipeline['overrides']['sft']) or 'none'}.", ""]
     stages = [{"stage": name, **stage} for name, stage in pipeline["stages"].items()]
     lines += table(stages, ["stage", "seconds", "train_seconds", "steps", "tokens_per_second", "mfu", "val_loss",
                             "val_bpb", "val_bytes_per_token", "score"])
     # the pipeline's total, as its report.md counts it: every stage before the report
     total = sum(stage["seconds"] for name, stage in pipeline["stages"].items() if name != "report")
     lines += [f"Tokenizer to eval_sft: {float(total):.1f} s ({float(total) / 60:.1f} min).", ""]
-    evaluations = {name: load(folder / f"{name}.json")["tasks"] for name in ("eval_base", "eval_sft")
-                   if (folder / f"{name}.json").exists()}
     after = evaluations["eval_sft"]
     rows = []
     for task, result in after.items():
@@ -207,10 +223,26 @@ def chat(folder: Path) -> list[str]:
     return lines
 
 
+def gpu(record: dict) -> list[str]:
+    """The GPU benchmark's record: one table per step, its scalars and those one level down (the
+    output's tail left to the record)."""
+    lines = about(record, META + ["dry_run", "gpu_count", "gpu_memory_bytes", "cuda"])
+    for name, step in record["steps"].items():
+        rows = []
+        for key, value in step.items():
+            if isinstance(value, dict):
+                rows += [{"key": f"{key}.{k}", "value": v} for k, v in value.items() if not isinstance(v, dict)]
+            elif key != "output_tail":
+                rows.append({"key": key, "value": value})
+        lines += [f"Step `{name}`:", ""] + table(rows)
+    return lines
+
+
 def generic(record: dict) -> list[str]:
     """A record of a kind with no renderer of its own: how it was made, its scalars, its lists of rows."""
     lines = about(record, META)
-    scalars = [{"key": k, "value": v} for k, v in record.items() if k not in META and not isinstance(v, dict)
+    shown = META + [key + extra for key in META for extra in ("_from", "_note")]  # about's bullets
+    scalars = [{"key": k, "value": v} for k, v in record.items() if k not in shown and not isinstance(v, dict)
                and not (isinstance(v, list) and any(isinstance(item, (dict, list)) for item in v))]
     lines += table(scalars) if scalars else []
     for key, value in record.items():
@@ -230,6 +262,10 @@ def kind(path: Path):
         return verify
     if path.name.startswith("speed"):
         return speed
+    if path.name.startswith("chat"):
+        return chat_record
+    if path.name.startswith("gpu"):
+        return gpu
     return {"data.json": data, "plan.json": plan}.get(path.name, generic)
 
 
@@ -240,8 +276,8 @@ def render() -> str:
         raise SystemExit(f"not a record: results/{', results/'.join(unknown)} (results/ holds JSON records and "
                          "chat pipeline folders; convert a printout to a record)")
     lines = ["# Results", "",
-             "Generated by `python benchmarks/report.py` from every record in [results/](../results/); do not edit "
-             "by hand (`python benchmarks/report.py --check` fails when this file is stale). The README's headline "
+             f"Generated by `{PROG} report` from every record in [results/](../results/); do not edit "
+             f"by hand (`{PROG} report --check` fails when this file is stale). The README's headline "
              "table quotes these records; [history.md](history.md) tells how the figures came about.", ""]
     lines += [f"- [results/{path.name}](#results{anchor(path.name)})" for path, _ in entries] + [""]
     for path, renderer in entries:
@@ -262,7 +298,7 @@ def main() -> int:
     text = render()
     if args.check:
         if not OUT.exists() or OUT.read_text(encoding="utf-8") != text:
-            print(f"{OUT.relative_to(ROOT)} is stale: run python benchmarks/report.py", file=sys.stderr)
+            print(f"{OUT.relative_to(ROOT)} is stale: run {PROG} report", file=sys.stderr)
             return 1
         return 0
     OUT.parent.mkdir(exist_ok=True)
