@@ -1,0 +1,123 @@
+"""The benchmarks as a suite: each one a module of the `benchmarks` package with a `main`, listed by
+`python -m benchmarks`, none touching sys.path, and every record written by one writer that says
+how it was made."""
+
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import PACKAGE, catalogue, common, report
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = {"common", "timing"}  # what the benchmarks share; not benchmarks themselves
+
+
+@pytest.fixture
+def fixed_machine(monkeypatch):
+    """A machine whose matmul peak is not measured (measuring takes seconds)."""
+    monkeypatch.setattr(common, "matmul_peaks", lambda: {"float32": 1e11})
+    common.machine.cache_clear()
+    yield
+    common.machine.cache_clear()
+
+
+def test_every_module_is_a_benchmark_with_a_main_or_shared():
+    modules = {path.stem for path in PACKAGE.glob("[!_]*.py")}
+    assert set(catalogue()) == modules - SHARED
+    for name in catalogue():
+        assert callable(importlib.import_module(f"benchmarks.{name}").main), name
+
+
+def test_list_names_every_benchmark_with_its_first_docstring_line():
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "--list"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    listed = dict(re.findall(r"^  (\w+) +(.+)$", out, re.MULTILINE))
+    assert listed == catalogue()
+    assert {"speed", "report", "gpu", "val_identity"} <= set(listed)
+    assert all(listed.values())
+
+
+def test_no_benchmark_touches_sys_path():
+    offenders = [path.name for path in PACKAGE.glob("*.py") if "sys.path" in path.read_text(encoding="utf-8")]
+    assert not offenders, f"import as `from benchmarks.X import ...` instead: {offenders}"
+
+
+def test_write_record_states_how_the_record_was_made(tmp_path, monkeypatch, fixed_machine):
+    monkeypatch.setattr(sys, "argv", ["anything", "--seeds", "2", "--data", "my text.txt"])
+    path = common.write_record("speed", {"runs": [{"seed": 1, "val_loss": 1.5}]}, caches="cold",
+                               out=tmp_path / "r.json", seeds=[1, 2], caches_note="fresh caches")
+    record = json.loads(path.read_text())
+    assert record["benchmark"] == "speed"
+    assert record["command"] == "python -m benchmarks speed --seeds 2 --data 'my text.txt'"
+    assert re.fullmatch(r"[0-9a-f]{40}", record["commit"]) and isinstance(record["dirty"], bool)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", record["date"])
+    assert record["machine"]["matmul_peak_flops"] == {"float32": 1e11}
+    assert {"cpu", "cpu_count", "cpu_flags", "native_bf16", "gpu"} <= record["machine"].keys()
+    assert record["torch"] == torch.__version__
+    assert (record["caches"], record["caches_note"], record["seeds"]) == ("cold", "fresh caches", [1, 2])
+    assert record["runs"] == [{"seed": 1, "val_loss": 1.5}]
+
+
+def test_write_record_defaults_to_results_and_refuses_what_it_cannot_state(tmp_path, monkeypatch, fixed_machine):
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    assert common.write_record("muon", {"shapes": []}, caches="warm") == tmp_path / "muon.json"
+    with pytest.raises(ValueError, match="caches"):
+        common.write_record("muon", {}, caches="lukewarm")
+    with pytest.raises(ValueError, match="commit"):
+        common.write_record("muon", {"commit": "abc"}, caches="warm")
+
+
+def test_report_renders_a_written_record(tmp_path, fixed_machine):
+    summary = [common.summarise("1. to 1.8857", [12.0, 16.0, 17.0], 10.0, lower_is_better=False, unit="x",
+                                run="characters", dtype="auto")]
+    path = common.write_record("speed", {"runs": [{"run": "nanogpt-cpu", "seed": 1}], "summary": summary},
+                               caches="cold", out=tmp_path / "speed.json")
+    text = "\n".join(report.kind(path)(report.load(path)))
+    assert f"- machine: {common.describe()}" in text and "measured matmul peaks: fp32 100 GFLOP/s" in text
+    assert "- caches: cold" in text and f"- torch: {torch.__version__}" in text
+    assert "| 1. to 1.8857 | characters | auto | 16.0 |" in text
+    assert common.summary_line(summary[0]).endswith("vs target >= 10x: met")
+
+
+def test_val_identity_shows_validation_figures_only(tmp_path, monkeypatch, capsys, fixed_machine):
+    """A tuning tool (issue 26): it must never score, print or record the test questions."""
+    splits = []
+    monkeypatch.setattr("speedrun.loading.load_engine", lambda folder: folder)
+    monkeypatch.setattr("speedrun.chat.conversations.make_items",
+                        lambda task, split, n, seed: splits.append(split) or [split])
+    monkeypatch.setattr("speedrun.chat.evaluate.evaluate_tasks", lambda engine, items, progress: {
+        "tasks": {"identity": {"accuracy": 0.8, "constant": 0.4}}})
+    monkeypatch.setattr(sys, "argv", ["val_identity", "runs/a", "runs/b", "--out", str(tmp_path / "v.json")])
+    importlib.import_module("benchmarks.val_identity").main()
+    assert splits == ["val", "val"]
+    figures = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("record: ")]
+    assert figures == ["runs/a val: identity 80% (constant 40%, margin +40)",
+                       "runs/b val: identity 80% (constant 40%, margin +40)"]
+    assert {row["split"] for row in json.loads((tmp_path / "v.json").read_text())["pipelines"]} == {"val"}
+
+
+def test_speed_runs_a_row_in_the_precision_it_sets():
+    speed = importlib.import_module("benchmarks.speed")
+    assert speed.precisions("shakespeare-char", ["dtype=bfloat16"]) == ["bfloat16"]
+    assert set(speed.ROUND_ONE_ABLATIONS).isdisjoint(label.split(": ")[-1] for label in speed.TO_TARGET)
+
+
+def test_gpu_dry_run_writes_its_record(tmp_path):
+    """The GPU benchmark's steps, tiny, on this CPU (about 40 s on 2 cores)."""
+    out = tmp_path / "gpu.json"
+    env = {**os.environ, "SPEEDRUN_CACHE": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-m", "benchmarks", "gpu", "--dry-run", "--workdir", str(tmp_path / "work"),
+                          "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["command"].startswith("python -m benchmarks gpu --dry-run")
+    assert record["caches"] == "warm" and record["dry_run"] is True
+    assert {name: step["status"] for name, step in record["steps"].items()} == {
+        "tests": "ok", "prepare": "ok", "gpt2": "ok", "shakespeare": "ok"}
