@@ -1,6 +1,6 @@
 """The GPU paths, on a CUDA device: bf16 autocast, SDPA and the KV cache, torch.compile, a hard
 kill and resume, the optimizers, DDP over NCCL and the clocks. Skipped without a GPU; `pytest -m
-cuda` runs them alone (benchmarks/gpu.py does, on one H100, in about two minutes)."""
+cuda` runs them alone (`python -m benchmarks gpu` does, on one H100, in about two minutes)."""
 
 import copy
 import json
