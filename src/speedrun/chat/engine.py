@@ -153,6 +153,9 @@ def chat_run_dir(path) -> Path:
     """The run to chat with: a run directory, or a chat pipeline's folder (its
     fine-tuned model, or the base model if fine-tuning has not finished)."""
     path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"{path} does not exist; pass the folder `speedrun train` or `speedrun chat-pipeline` "
+                          "printed")
     trained = ChatRunDir(path).trained_run()
     if trained is not None:
         return trained.path
