@@ -113,8 +113,11 @@ def test_gpu_dry_run_writes_its_record(tmp_path):
     """The GPU benchmark's steps, tiny, on this CPU (about 40 s on 2 cores)."""
     out = tmp_path / "gpu.json"
     env = {**os.environ, "SPEEDRUN_CACHE": str(tmp_path / "cache")}
+    text = tmp_path / "shakespeare.txt"  # a clean clone has no ../shared beside it: generated text instead
+    text.write_text("".join(f"CITIZEN {i}:\nWe are accounted poor citizens, the patricians good.\n\n"
+                            for i in range(400)))
     run = subprocess.run([sys.executable, "-m", "benchmarks", "gpu", "--dry-run", "--workdir", str(tmp_path / "work"),
-                          "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                          "--shakespeare", str(text), "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     record = json.loads(out.read_text())
     assert record["command"].startswith("python -m benchmarks gpu --dry-run")
