@@ -195,7 +195,7 @@ def test_time_to_verified_counts_a_failed_exhaustive_check(tmp_path, monkeypatch
         return verdicts
 
     monkeypatch.setattr(AdditionTask, "correct_all", fail_first_full_check)
-    monkeypatch.setattr(trainer_module, "build_model", lambda cfg, task, rt: TrainableOracle("reversed"))
+    monkeypatch.setattr(trainer_module, "GPT", lambda model_cfg: TrainableOracle("reversed"))
     cfg = load_config("addition", ["train.steps=5", "train.eval_every=1", "train.log_every=1"])
     run = RunDir.create(cfg, str(tmp_path / "run"))
     summary = trainer_module.Trainer(cfg, run, RT, progress=False).train()

@@ -225,8 +225,9 @@ def ddp_worker(rank, port, corpus, out):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
+    from speedrun.model import GPT
     from speedrun.step import train_step
-    from speedrun.tasks import build_model, build_task, model_config
+    from speedrun.tasks import build_task, model_config
 
     rt = setup_runtime("cuda", "bfloat16")
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=1)
@@ -237,7 +238,7 @@ def ddp_worker(rank, port, corpus, out):
         result = {"backend": dist.get_backend()}
         for wrapped in (False, True):
             torch.manual_seed(0)
-            model = build_model(cfg, task, rt)
+            model = GPT(cfg.model).to(rt.device)
             step_fn = DistributedDataParallel(model, device_ids=[torch.cuda.current_device()]) if wrapped else model
             optimizer = build_optimizer(model, cfg.optim, rt.dtype)
             generator = torch.Generator().manual_seed(0)

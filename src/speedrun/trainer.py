@@ -33,13 +33,13 @@ from .config import Config, ConfigError, to_dict
 from .device import Runtime, cpu_flags, hardware
 from .flops import flops_per_token, peak_flops, remember_mfu
 from .metrics_log import MetricsLog, NoLog
+from .model import GPT
 from .optim import build_optimizer, lr_factor, set_lr
 from .plan import budget_steps
 from .progress import Progress, StopSignal
 from .rundir import RunDir, git_commit, load_weights
 from .step import train_step
-from .tasks import build_model, build_task, model_config
-
+from .tasks import build_task, model_config
 
 MFU_WORTH_REMEMBERING = 5.0  # seconds of training after which a run's MFU is kept for `speedrun plan`
 
@@ -124,7 +124,7 @@ def build_parts(cfg: Config, rt: Runtime, dist: distributed.Dist = distributed.D
     # rank 0 prepares the data (the others would write the same shards at once), then all read it
     task = distributed.rank0_first(dist, lambda: build_task(cfg))
     cfg = dataclasses.replace(cfg, model=model_config(cfg, task))
-    model = build_model(cfg, task, rt)
+    model = GPT(cfg.model).to(rt.device)
     return Parts(cfg, task, model, build_optimizer(model, cfg.optim, rt.dtype))
 
 
@@ -171,7 +171,7 @@ class Trainer:
         self.state = RunState.fresh(rt.device)
         self.bar = Progress(self.total_steps, progress and dist.is_main)
         self.stop = StopSignal()
-        self.metrics = MetricsLog(run.path, None if tc.tensorboard else False, tc.wandb_project,
+        self.metrics = MetricsLog(run, None if tc.tensorboard else False, tc.wandb_project,
                                   to_dict(cfg)) if dist.is_main else NoLog()
 
     # --- the loop --------------------------------------------------------

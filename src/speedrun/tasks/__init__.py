@@ -14,7 +14,6 @@ import torch
 
 from ..config import TASKS, Config, ConfigError, ModelConfig
 from ..device import Runtime
-from ..model import GPT
 
 
 class Task:
@@ -81,7 +80,3 @@ def model_config(cfg: Config, task: Task) -> ModelConfig:
         raise ConfigError(f"model.block_size={cfg.model.block_size} is shorter than the task's "
                           f"sequences ({task.block_size}); raise it to at least {task.block_size}")
     return dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size or vocab)
-
-
-def build_model(cfg: Config, task: Task, rt: Runtime) -> GPT:
-    return GPT(model_config(cfg, task)).to(rt.device)
