@@ -8,6 +8,7 @@ import pytest
 
 from speedrun.config import ConfigError
 from speedrun.metrics_log import MetricsLog
+from speedrun.rundir import RunDir
 
 TRAIN = [{"step": 50, "loss": 2.1, "lr_scale": 0.9, "train_seconds": 3.2, "tokens": 40960,
           "tokens_per_second": 12800.0, "step_ms": 60.1},
@@ -20,7 +21,7 @@ has_tensorboard = importlib.util.find_spec("tensorboard") is not None
 
 
 def write(path, **kwargs):
-    with MetricsLog(path, **kwargs) as log:
+    with MetricsLog(RunDir(path), **kwargs) as log:
         for record in [*TRAIN, EVAL]:
             log.log(record)
 
@@ -69,7 +70,7 @@ def test_tensorboard_scalars_read_back(tmp_path):
 def test_wandb_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
     with pytest.raises(ConfigError, match="pip install wandb"):
-        MetricsLog(tmp_path, tensorboard=False, wandb_project="speedrun")
+        MetricsLog(RunDir(tmp_path), tensorboard=False, wandb_project="speedrun")
 
 
 def test_wandb_receives_numeric_fields_at_their_step(tmp_path, monkeypatch):

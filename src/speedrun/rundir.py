@@ -14,6 +14,7 @@ A chat pipeline's folder holds two runs and the stages' files around them (`Chat
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
@@ -78,6 +79,33 @@ class RunDir:
                 if n < len(lines):
                     raise ValueError(f"{self.metrics_file} line {n} is not valid JSON: {e}") from None
         return records
+
+    def append_metrics(self, record: dict) -> None:
+        """One record as one line of metrics.jsonl (NaN and infinity as null)."""
+        with open(self.metrics_file, "a", encoding="utf-8") as f:
+            f.write(json.dumps(_finite(record)) + "\n")
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.path / "metrics.csv"
+
+    def write_metrics_csv(self) -> None:
+        """metrics.csv from metrics.jsonl: one row per record, columns `step` then every other
+        key in first-seen order. A record without a key, or with null (a non-finite number),
+        leaves the cell empty; nested values (dicts, lists) have no single cell and are left out."""
+        rows = [{k: v for k, v in record.items() if not isinstance(v, (dict, list))}
+                for record in self.read_metrics()]
+        columns = {"step": None}
+        for row in rows:
+            columns.update(dict.fromkeys(row))
+        with open(self.metrics_csv, "w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(columns))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
 
     def truncate_metrics(self, step: int) -> None:
         """Forget records past `step` (and a line cut short by a crash) before a resume
