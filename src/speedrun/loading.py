@@ -10,14 +10,18 @@ from pathlib import Path
 
 from .chat.engine import Engine, chat_run_dir
 from .export import is_export, load_export
+from .run import runtime_for
 from .rundir import load_run_model
 
 
 def load_model(path, device: str = "cpu"):
-    """(model, tokenizer, config, runtime); an export loads in fp32, as it was written."""
-    if is_export(path):
-        return load_export(path, device)
-    return load_run_model(str(chat_run_dir(Path(path))), device)
+    """(model, tokenizer, config, runtime), the model on the runtime's device in eval mode; the
+    runtime is resolved as a run resolves it (`run.runtime_for`), an export's in fp32, as it
+    was written."""
+    reader = load_export if is_export(path) else lambda p: load_run_model(str(chat_run_dir(Path(p))))
+    model, tok, cfg = reader(path)
+    rt = runtime_for(cfg, device)
+    return model.to(rt.device), tok, cfg, rt
 
 
 def load_engine(path, device: str = "cpu") -> Engine:

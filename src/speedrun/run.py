@@ -4,7 +4,8 @@
     Run.resumed(run_dir, started=...).execute()  an interrupted run, continued
 
 `Run` resolves what a run needs from its config, in this order: the runtime (device
-and the one precision decision, `device.setup_runtime`), the processes (`torchrun`'s
+and the one precision decision: `runtime_for`, the only caller of `device.setup_runtime`,
+which `speedrun.loading` also asks for a trained model), the processes (`torchrun`'s
 environment), the run folder (made by rank 0, shared with the others, removed again
 when a user error stops the run before its first checkpoint), and the `Trainer`,
 which builds the task, the model and the optimizer and owns the loop. `speedrun train`,
@@ -32,6 +33,12 @@ from .trainer import Parts, Trainer, build_parts
 
 # the errors a user fixes: one line and exit code 2 from every command
 USER_ERRORS = (ConfigError, CheckpointError, TokenizerError, DataError, TemplateError)
+
+
+def runtime_for(cfg: Config, device: str | None = None) -> Runtime:
+    """Device and precision for a config (on `device` instead of the config's, where given): the
+    one place they are resolved, for a run and for a model loaded from one alike."""
+    return setup_runtime(cfg.device if device is None else device, cfg.dtype, cfg.model.n_embd)
 
 
 class Run:
@@ -71,8 +78,7 @@ class Run:
         return rt, build_parts(self.cfg, rt)
 
     def runtime(self) -> Runtime:
-        """Device and precision for this config: the one place a run resolves them."""
-        return setup_runtime(self.cfg.device, self.cfg.dtype, self.cfg.model.n_embd)
+        return runtime_for(self.cfg)
 
     def new_folder(self, dist: distributed.Dist) -> RunDir:
         """Rank 0 makes the run folder; the others use its path."""

@@ -295,10 +295,10 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def load_run_model(run_dir: str, device: str = "cpu"):
-    """(model, tokenizer, config, runtime) from a run directory's last checkpoint."""
+def load_run_model(run_dir: str):
+    """(model, tokenizer, config) from a run directory's last checkpoint: the model in fp32 on
+    the CPU, for `speedrun.loading` to place on the device its runtime names."""
     from .config import config_from_dict
-    from .device import setup_runtime
     from .model import GPT
     from .tokenizer import load_tokenizer
 
@@ -307,11 +307,9 @@ def load_run_model(run_dir: str, device: str = "cpu"):
         raise ConfigError(f"run directory {run_dir} does not exist; pass the folder `speedrun train` printed")
     model_state, state = run.load_checkpoint("last")
     cfg = config_from_dict(state["config"])
-    rt = setup_runtime(device, cfg.dtype, cfg.model.n_embd)
     model = GPT(cfg.model)
     load_weights(model, model_state, f"the checkpoint of {run_dir}")
-    model.to(rt.device).eval()
-    return model, load_tokenizer(state["tokenizer"]), cfg, rt
+    return model.eval(), load_tokenizer(state["tokenizer"]), cfg
 
 
 def load_weights(model, model_state: dict, what: str, fix: str = "") -> None:

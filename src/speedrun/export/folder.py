@@ -5,13 +5,13 @@ model (`speedrun sample OUT`, `speedrun chat OUT`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
 
 from ..config import Config, ConfigError, config_from_dict, to_dict
-from ..device import setup_runtime
 from ..model import GPT
 from ..rundir import RunDir, load_run_model, write_json
 from ..tokenizer import load_tokenizer
@@ -34,7 +34,7 @@ def export_run(run_dir, out, to: str = "hf") -> dict:
     """Export a run directory's last checkpoint to the new folder `out`; returns
     what was written and, when transformers is installed, the largest difference
     between its logits and ours (`max_logit_diff`, on random ids of a full block)."""
-    model, tok, cfg, _ = load_run_model(str(run_dir), "cpu")
+    model, tok, cfg = load_run_model(str(run_dir))
     if to == "hf":
         arch = hf_architecture(cfg.model)
     elif to == "gguf":
@@ -164,11 +164,10 @@ def read_export(path) -> tuple[Config, object, dict]:
     return cfg, tok, state
 
 
-def load_export(path, device: str = "cpu"):
-    """(model, tokenizer, config, runtime) from an export folder, as
-    `rundir.load_run_model` gives them for a run directory; fp32, as exported."""
+def load_export(path):
+    """(model, tokenizer, config) from an export folder, as `rundir.load_run_model` gives them
+    for a run directory: the model on the CPU in fp32, as exported (the config says so)."""
     cfg, tok, state = read_export(path)
-    rt = setup_runtime(device, "float32")
     model = GPT(cfg.model)
     model.load_state_dict(state)
-    return model.to(rt.device).eval(), tok, cfg, rt
+    return model.eval(), tok, dataclasses.replace(cfg, dtype="float32")
