@@ -2,7 +2,10 @@
 
 Identity questions are split by their underlying question, not by a hash of
 each phrasing, so every greeting, casing and punctuation of a held-out question
-is held out with it.
+is held out with it. Each split holds 12 questions of each kind, 36 in all, so
+one question the model gets wrong costs about 3 points of a 100-item score;
+and no question's words contain another's, so a held-out question is never a
+trained one with a word added.
 """
 
 from __future__ import annotations
@@ -17,19 +20,54 @@ from .items import Task, TaskItem, check_split, conversation, hash_fraction
 IDENTITY_GREETINGS = ("", "Hi! ", "Hello! ", "Hey! ", "Hi there! ", "Hello there. ", "Good morning! ", "Excuse me. ")
 IDENTITY_QUESTIONS = {  # many underlying questions per kind, so a held-out one is learnable from the others
     "name": ("What is your name?", "What's your name?", "Who are you?", "What should I call you?",
-             "Do you have a name?", "Tell me your name.", "What do people call you?", "What name do you go by?",
-             "May I ask your name?", "What are you called?", "How should I address you?",
-             "Can you tell me your name?", "What do I call you?", "Say your name."),
+             "Do you have a name?", "Tell me your name.", "What do people call you?",
+             "What name do you go by?", "May I ask your name?", "How should I address you?",
+             "Can you share your name?", "What do I call you?", "Say your name.", "Your name, please?",
+             "Could you tell me what your name is?", "What is the name you answer to?",
+             "By what name are you known?", "What name were you given?", "What do you call yourself?",
+             "I'd like to know your name.", "Please share your name.", "Would you mind telling me your name?",
+             "Remind me of your name.", "Do you go by a name?", "Is there a name I should use for you?",
+             "What name should I use for you?", "What's the name of this assistant?",
+             "Could I get your name?", "What shall I call you?", "How do I address you?",
+             "What do your users call you?", "What is the assistant's name?", "What name do you use?",
+             "Which name do you answer to?", "Got a name?", "What would you like to be called?",
+             "How do people refer to you?", "I didn't catch your name.", "Sorry, what was your name?",
+             "What do you go by?", "Which name should I use?", "Are you called anything?",
+             "What are we calling you?", "What name is yours?", "What can I call you?",
+             "What name have you got?", "Can I know your name?", "What's the name you were given?"),
     "creator": ("Who made you?", "Who created you?", "Who built you?", "Who trained you?",
-                "Who are your developers?", "Where do you come from?", "Who developed you?", "Who wrote you?",
-                "Who is your creator?", "Who designed you?", "Who programmed you?", "Which team made you?",
-                "Who is behind you?", "Who are your makers?"),
+                "Who are your developers?", "Who developed you?", "Who wrote you?", "Who is your creator?",
+                "Who designed you?", "Who programmed you?", "Which team made you?", "Who is behind you?",
+                "Who are your makers?", "Who is your maker?", "Who were you made by?",
+                "Which people built you?", "Who is responsible for you?", "Which developers made you?",
+                "Who brought you into existence?", "Who should I thank for building you?",
+                "Whose work are you?", "Who made this assistant?", "Who wrote your code?",
+                "Who trained this model?", "Who are the developers behind you?", "Who is your developer?",
+                "Who engineered you?", "Who put you together?", "Which group created you?",
+                "Who invented you?", "Who coded you?", "Tell me about your creators.",
+                "Who are your creators?", "Which team built you?", "Who is your author?", "Who authored you?",
+                "Who did your training?", "Who are your builders?", "What team is behind you?",
+                "By whom were you made?", "Who created this model?", "Who is your programmer?",
+                "Whose creation are you?", "Who is the team that made you?", "Which company made you?",
+                "Who gets credit for making you?", "Who do you owe your existence to?",
+                "Who is responsible for creating you?"),
     "what": ("What are you?", "Tell me about yourself.", "Are you a human?", "What kind of model are you?",
-             "Introduce yourself.", "Are you ChatGPT?", "Describe yourself.", "Are you a person?",
-             "What sort of thing are you?", "Are you a robot?", "Are you an AI?", "What exactly are you?",
-             "Are you a real person?", "Explain what you are."),
+             "Are you ChatGPT?", "Describe yourself.", "Are you a person?", "What sort of thing are you?",
+             "Are you a robot?", "Are you an AI?", "What exactly are you?", "Are you a real person?",
+             "Explain what you are.", "What kind of thing are you?", "Are you a language model?",
+             "Are you a bot?", "Are you a chatbot?", "Are you a machine?", "Are you a computer program?",
+             "Are you alive?", "Am I talking to a human?", "Is this a person or a program?",
+             "What type of AI are you?", "What kind of assistant are you?", "Describe what you are.",
+             "Are you a large language model?", "Are you a program?", "Are you sentient?",
+             "Is this an AI I'm talking to?", "Are you a real human?", "Is there a person typing this?",
+             "Are you software?", "What sort of AI are you?", "Are you an assistant?",
+             "What kind of program are you?", "Are you a neural network?", "Are you artificial intelligence?",
+             "Is this a human or a machine?", "Are you a digital assistant?", "Are you a search engine?",
+             "What kind of system are you?", "Are you a virtual assistant?", "Are you conscious?",
+             "Are you just a program?", "Am I chatting with a bot?", "What kind of entity are you?",
+             "What is your nature?", "Are you made of code?"),
 }
-IDENTITY_HELD_OUT = {"test": 2, "val": 2}  # underlying questions per kind held out of training
+IDENTITY_HELD_OUT = {"test": 12, "val": 12}  # underlying questions per kind held out of training
 
 
 def normalise(question: str) -> str:
@@ -65,12 +103,18 @@ def identity_variants() -> dict[str, tuple[str, str]]:
 
 
 @lru_cache(maxsize=3)
-def identity_questions(split: str) -> list[tuple[str, str]]:
-    """(kind, question) pairs of a split: all the variants of its underlying questions."""
+def identity_questions(split: str) -> list[tuple[str, tuple[str, ...]]]:
+    """(kind, variants) of each underlying question of a split, the kinds in turn (a name
+    question, a creator one, a what one, then the next of each), so that items taken in
+    this order ask every question of the split about equally often."""
     check_split(split)
     base = identity_base_splits()
-    return sorted((kind, variant) for variant, (kind, question) in identity_variants().items()
-                  if base[question] == split)
+    variants = {}
+    for variant, (_, question) in identity_variants().items():
+        variants.setdefault(question, []).append(variant)
+    turns = sorted((i, k, kind, question) for k, (kind, questions) in enumerate(IDENTITY_QUESTIONS.items())
+                   for i, question in enumerate(q for q in questions if base[q] == split))
+    return [(kind, tuple(variants[question])) for _, _, kind, question in turns]
 
 
 def stated(response: str, answers: tuple[str, ...]) -> set[str]:
@@ -109,7 +153,12 @@ class Identity(Task):
         return identity_base_splits()[identity_variants()[key][1]]
 
     def sample(self, split: str, rng: random.Random, index: int = 0) -> TaskItem:
-        kind, question = rng.choice(identity_questions(split))
+        """Item `index` asks the split's underlying questions in turn, each in a random
+        phrasing: a 100-item evaluation over 36 questions asks each 2 or 3 times, where
+        drawing phrasings at random would leave some unasked and ask others 7 times."""
+        questions = identity_questions(split)
+        kind, variants = questions[index % len(questions)]
+        question = rng.choice(variants)
         answer = self.answers[kind]
         text = {"name": f"My name is {answer}.", "creator": f"I was made by {answer}.", "what": f"I am {answer}."}[kind]
         wrong = tuple(a for k, a in self.answers.items() if k != kind)
