@@ -30,6 +30,7 @@ import numpy as np
 from benchmarks.common import (DATA_EVAL_FRACTION, DATA_FIRST_STEP_SECONDS, DATA_PEAK_GROWTH, DATA_PEAK_RSS_BYTES,
                                DATA_PREPARATION_VS_ENCODE_BATCH, parser, print_machine, write_record)
 from benchmarks.timing import drop_page_cache, measured
+from speedrun.rundir import RunDir
 
 COMMAND = ["train", "shakespeare-bpe", "train.steps=20", "train.time_budget=0"]
 
@@ -88,7 +89,7 @@ def run_train(corpus: Path, workdir: Path, name: str, fresh: bool) -> dict:
     out = workdir / "runs" / name
     subprocess.run(["rm", "-rf", str(out)], check=True)
     r = measured([*COMMAND, "--data", str(corpus), "--out", str(out), "--quiet"], env, workdir / f"{name}.log")
-    summary = json.loads((out / "summary.json").read_text())
+    summary = RunDir(out).read_summary()
     folder = next((cache / "prepared").glob(f"{corpus.name}-*"))
     manifest = json.loads((folder / "manifest.json").read_text())
     m = summary["metrics"]

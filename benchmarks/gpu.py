@@ -36,6 +36,7 @@ from pathlib import Path
 
 from benchmarks.common import DEFAULT_DATA, NANOGPT_A100_VAL_LOSS, ROOT, machine, parser, print_machine, write_record
 from benchmarks.data import generate
+from speedrun.rundir import RunDir
 
 DEADLINE_SECONDS = 470  # every step ends by then: the whole stays under 8 minutes
 TIMEOUTS = {"tests": 170, "prepare": 80}  # seconds; a training step gets its budget plus its slack
@@ -201,9 +202,9 @@ class Bench:
             r = self.run("gpt2", speedrun("train", self.args.recipe, "--data", str(prepared), *overrides,
                                           "--out", str(out), "--quiet"), budget + TRAIN_SLACK_SECONDS["gpt2"])
         r.update(memory.as_dict())
-        if not (out / "summary.json").is_file():
+        if not RunDir(out).has_summary():
             return r
-        s = json.loads((out / "summary.json").read_text())
+        s = RunDir(out).read_summary()
         peak, source = dense_bf16_peak(machine()["gpu"])
         r.update({k: s.get(k) for k in SUMMARY_KEYS})
         r.update(val_loss=s["metrics"].get("val_loss"), mfu_vs_measured_peak=s.get("mfu"),
@@ -227,8 +228,8 @@ class Bench:
         r["reference"] = NANOGPT_GPU
         r["split_note"] = ("speedrun's val is the first half of nanoGPT's 10% val split and test the second: "
                            "comparable with nanoGPT's val loss, not the same text")
-        if (out / "summary.json").is_file():
-            s = json.loads((out / "summary.json").read_text())
+        if RunDir(out).has_summary():
+            s = RunDir(out).read_summary()
             m = s["metrics"]
             r.update({k: s.get(k) for k in SUMMARY_KEYS})
             r.update(val_loss=m.get("val_loss"), test_loss=m.get("test_loss"), val_bpb=m.get("val_bpb"))

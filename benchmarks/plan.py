@@ -25,6 +25,7 @@ from pathlib import Path
 
 from benchmarks.common import PLAN_RELATIVE_ERROR, parser, print_machine, write_record
 from benchmarks.timing import drop_page_cache, measured
+from speedrun.rundir import RunDir
 
 RECIPES = ["shakespeare-char", "shakespeare-bpe", "chat-base"]
 CALIBRATION_BUDGET = 45.0  # seconds of a time-budgeted recipe's calibration run
@@ -66,7 +67,7 @@ def main() -> None:
         cold = drop_page_cache()
         run = a.workdir / recipe
         r = measured(["train", recipe, *data, "--out", str(run), "--quiet"], env, a.workdir / f"{recipe}.log")
-        summary = json.loads((run / "summary.json").read_text())
+        summary = RunDir(run).read_summary()
         row = {"recipe": recipe, "command": f"speedrun train {recipe} --data {a.data}",
                "calibration": calibrate, "page_cache_dropped": cold,
                "predicted_seconds": plan["seconds"], "predicted_by_phase": plan["seconds_by_phase"],

@@ -55,6 +55,9 @@ from benchmarks.common import (CHAT_BASE_VAL_BPB, NANOGPT_CPU_VAL_LOSS, SPEEDUP_
 from benchmarks.timing import COLD_NOTE, cold_command, cold_run, resolves_to_fp32
 
 PRECISIONS = ("auto", "float32")
+# A run's command ends 1.6-1.9 s after its time budget (final evaluation and exit, measured on
+# shakespeare-char-long and shakespeare-bpe); 4 s keeps it inside the baseline's wall-clock.
+RESERVE_SECONDS = 4.0
 BPE = ["data.tokenizer=bpe", "data.vocab_size=1024"]
 TO_NANOGPT_LOSS = f"train.target_val_loss={NANOGPT_CPU_VAL_LOSS}"
 TO_TARGET = {"characters": ("shakespeare-char", [TO_NANOGPT_LOSS]),
@@ -123,7 +126,13 @@ def chat_precisions(spec: str) -> list[str]:
 def chat_base_run(out: Path, dtype: str, seed: int, extra: list[str]) -> dict:
     """The chat pipeline's tokenizer and base stages, cold; val_bpb and the stopwatch."""
     return cold_command(["chat-pipeline", "--out", str(out), "--quiet", "--stage", "tokenizer", "--stage", "base",
-                         f"base.dtype={dtype}", f"base.train.seed={seed}", *extra], out, out / "base" / "summary.json")
+                         f"base.dtype={dtype}", f"base.train.seed={seed}", *extra], out, out / "base")
+
+
+def print_header() -> None:
+    """The column names of run_row's lines."""
+    print(f"{'run':<66} {'seed':>4} {'stopwatch':>9} {'setup':>6} {'train':>6} {'eval':>6} {'steps':>6} "
+          f"{'tok/s':>9} {'comp_s':>6} {'MFU':>6} {'dtype':>9}  figure", flush=True)
 
 
 def run_row(label: str, dtype: str, seed: int, s: dict, figure: str, **figures) -> dict:
@@ -140,9 +149,7 @@ def run_row(label: str, dtype: str, seed: int, s: dict, figure: str, **figures) 
 def main() -> None:
     p = parser(__doc__, "speed", data=True)
     p.add_argument("--seeds", type=int, default=3)
-    # A run's command ends 1.6-1.9 s after its time budget (final evaluation and exit, measured on
-    # shakespeare-char-long and shakespeare-bpe); 4 s keeps it inside the baseline's wall-clock.
-    p.add_argument("--reserve", type=float, default=4.0,
+    p.add_argument("--reserve", type=float, default=RESERVE_SECONDS,
                    help="seconds of the baseline's wall-clock kept for the final evaluation and exit")
     p.add_argument("--targets", default="1,2", help="which of targets 1 (time to 1.8857) and 2 (loss at "
                    "nanoGPT's wall-clock) to run; the baseline always runs")
@@ -162,8 +169,7 @@ def main() -> None:
         to_target |= {f"characters, ablation: {name}": ("shakespeare-char", [TO_NANOGPT_LOSS, *overrides])
                       for name, overrides in ROUND_ONE_ABLATIONS.items()}
     print_machine()
-    print(f"{'run':<66} {'seed':>4} {'stopwatch':>9} {'setup':>6} {'train':>6} {'eval':>6} {'steps':>6} "
-          f"{'tok/s':>9} {'comp_s':>6} {'MFU':>6} {'dtype':>9}  figure")
+    print_header()
 
     results: dict[tuple[str, str, str], list[float]] = {}
     rows, base_walls, base_vals = [], [], []

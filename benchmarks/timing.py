@@ -3,7 +3,6 @@ or with its peak memory), and bare optimizer steps inside this one."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,13 +12,20 @@ from pathlib import Path
 COLD_NOTE = "every command in a fresh process with an empty SPEEDRUN_CACHE and Inductor cache"
 
 
-def cold_command(args: list[str], out: Path, summary_file: Path) -> dict:
-    """`speedrun ARGS` in a fresh process with empty caches (token files, matmul peak, Inductor;
-    named after `out`), as a new user's first run: the summary it wrote plus the stopwatch."""
-    env = dict(os.environ, SPEEDRUN_CACHE=str(out) + "-cache", TORCHINDUCTOR_CACHE_DIR=str(out) + "-inductor")
+def cold_env(out: Path) -> dict:
+    """This environment with empty caches (token files, matmul peak, Inductor) named after `out`."""
+    return dict(os.environ, SPEEDRUN_CACHE=str(out) + "-cache", TORCHINDUCTOR_CACHE_DIR=str(out) + "-inductor")
+
+
+def cold_command(args: list[str], out: Path, run_dir: Path) -> dict:
+    """`speedrun ARGS` in a fresh process with empty caches (`cold_env`), as a new user's first
+    run: the summary it wrote in the run folder `run_dir`, plus the stopwatch."""
+    from speedrun.rundir import RunDir
+
+    env = cold_env(out)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "speedrun", *args], check=True, stdout=subprocess.DEVNULL, env=env)
-    summary = json.loads(summary_file.read_text())
+    summary = RunDir(run_dir).read_summary()
     summary["stopwatch"] = time.perf_counter() - t0
     return summary
 
@@ -27,7 +33,7 @@ def cold_command(args: list[str], out: Path, summary_file: Path) -> dict:
 def cold_run(recipe: str, data: Path, out: Path, extra: list[str]) -> dict:
     """One whole training command, cold; its summary plus the stopwatch."""
     return cold_command(["train", recipe, "data.sample_tokens=0", "train.tensorboard=false", *extra,
-                         "--data", str(data), "--out", str(out), "--quiet"], out, out / "summary.json")
+                         "--data", str(data), "--out", str(out), "--quiet"], out, out)
 
 
 def resolves_to_fp32(recipe: str, overrides: list[str] = ()) -> bool:
