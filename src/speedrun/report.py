@@ -231,7 +231,7 @@ def submission(run: Run) -> dict:
 
 
 def write_submission(run: Run, baseline: str | None = None) -> Path:
-    folder = run.path / "submission"
+    folder = RunDir(run.path).submission_dir
     folder.mkdir(exist_ok=True)
     plot_learning_curves([run], folder / "learning_curves.png")
     (folder / "final_submission.json").write_text(json.dumps(_finite(submission(run)), indent=2) + "\n",

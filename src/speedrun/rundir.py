@@ -107,6 +107,11 @@ class RunDir:
     def tensorboard_dir(self) -> Path:
         return self.path / "tensorboard"
 
+    @property
+    def submission_dir(self) -> Path:
+        """Where `speedrun report` writes the run's leaderboard submission."""
+        return self.path / "submission"
+
     def truncate_metrics(self, step: int) -> None:
         """Forget records past `step` (and a line cut short by a crash) before a resume
         logs those steps again, so metrics.jsonl reads as one uninterrupted run."""
