@@ -2,13 +2,14 @@
 on this checkout, alternating per seed, so that a refactor that claims "behaviour unchanged"
 shows the same figures within noise.
 
-The older commit is checked out into a temporary git worktree and run with its own `src/` first
-on PYTHONPATH (its recipes too); this checkout runs as installed. Every command is a fresh
+Both commits (the older one and, by default, HEAD) are checked out into temporary git worktrees
+and run with their own `src/` first on PYTHONPATH (their recipes too), so uncommitted edits in
+this checkout do not leak into either side. Every command is a fresh
 process with empty caches (`timing.cold_env`). Per recipe and seed the record holds both
 stopwatches and the metrics that decide the run (steps, losses, exact match), and whether they
 are identical; printed are the per-seed lines and, per recipe and side, the median and range.
 
-    python -m benchmarks before_after --before f97631a [--seeds 1 2 3] [--recipes addition shakespeare-char]
+    python -m benchmarks before_after --before f97631a [--after HEAD] [--seeds 1 2 3] [--recipes addition shakespeare-char]
 """
 
 from __future__ import annotations
@@ -43,11 +44,10 @@ def worktree(commit: str, where: Path) -> Path:
     return where
 
 
-def run(side: str, src: Path | None, recipe: str, seed: int, data: Path, out: Path) -> dict:
-    """One whole command, cold, on `src` (None: this checkout); stopwatch, steps and deciding metrics."""
+def run(side: str, src: Path, recipe: str, seed: int, data: Path, out: Path) -> dict:
+    """One whole command, cold, on the package in `src`; stopwatch, steps and deciding metrics."""
     env = cold_env(out)
-    if src is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     args = ["train", recipe, f"train.seed={seed}", "--out", str(out), "--quiet",
             *(["--data", str(data)] if recipe in NEEDS_DATA else [])]
     t0 = time.perf_counter()
@@ -70,31 +70,36 @@ def imported_from(src: Path) -> str:
 def main() -> None:
     p = parser(__doc__, "before_after", data=True)
     p.add_argument("--before", required=True, help="the older commit (hash or ref)")
+    p.add_argument("--after", default="HEAD", help="the newer commit (default HEAD)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--recipes", nargs="+", default=list(RECIPES))
     args = p.parse_args()
-    before = subprocess.run(["git", "rev-parse", args.before], cwd=ROOT, capture_output=True, text=True,
-                            check=True).stdout.strip()
+    commits = {side: subprocess.run(["git", "rev-parse", ref], cwd=ROOT, capture_output=True, text=True,
+                                    check=True).stdout.strip() for side, ref in (("before", args.before),
+                                                                                   ("after", args.after))}
     print_machine()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        src = worktree(before, Path(tmp) / "before") / "src"
+        srcs = {}
         try:
-            where = imported_from(src)
-            if not where.startswith(str(src)):
-                raise SystemExit(f"the older commit's speedrun is not the one imported ({where}); "
-                                 "uninstall a non-editable speedrun or run from a virtual environment")
+            for side, commit in commits.items():
+                srcs[side] = worktree(commit, Path(tmp) / side) / "src"
+                where = imported_from(srcs[side])
+                if not where.startswith(str(srcs[side])):
+                    raise SystemExit(f"the {side} commit's speedrun is not the one imported ({where}); "
+                                     "uninstall a non-editable speedrun or run from a virtual environment")
             for seed in args.seeds:
                 for recipe in args.recipes:
-                    for side, path in (("before", src), ("after", None)):
+                    for side, path in srcs.items():
                         row = run(side, path, recipe, seed, args.data, Path(tmp) / f"{recipe}-{side}-{seed}")
                         rows.append(row)
                         print(f"{recipe:<18} {side:<6} seed {seed}  {row['stopwatch_seconds']:>7.2f} s  "
                               f"steps {row['steps']:>4}  " + "  ".join(f"{k} {row[k]}" for k in DECIDING if k in row),
                               flush=True)
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(Path(tmp) / "before")], cwd=ROOT,
-                           capture_output=True)
+            for side in srcs:
+                subprocess.run(["git", "worktree", "remove", "--force", str(Path(tmp) / side)], cwd=ROOT,
+                               capture_output=True)
     summary = [summarise(f"{recipe} whole command, {side}", [r["stopwatch_seconds"] for r in rows
                                                               if r["recipe"] == recipe and r["side"] == side], unit="s")
                for recipe in args.recipes for side in ("before", "after")]
@@ -106,7 +111,7 @@ def main() -> None:
     for row in summary:
         print(summary_line(row))
     print(f"steps and deciding metrics identical on every seed: {'yes' if identical else 'NO'}")
-    write_record("before_after", {"before_commit": before, "recipes": args.recipes, "runs": rows,
+    write_record("before_after", {"before_commit": commits["before"], "after_commit": commits["after"], "recipes": args.recipes, "runs": rows,
                                   "summary": summary, "identical_metrics": identical},
                  caches="cold", out=args.out, seeds=args.seeds, caches_note=COLD_NOTE)
 
