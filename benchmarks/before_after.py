@@ -9,7 +9,8 @@ process with empty caches (`timing.cold_env`). Per recipe and seed the record ho
 stopwatches and the metrics that decide the run (steps, losses, exact match), and whether they
 are identical; printed are the per-seed lines and, per recipe and side, the median and range.
 
-    python -m benchmarks before_after --before f97631a [--after HEAD] [--seeds 1 2 3] [--recipes addition shakespeare-char]
+    python -m benchmarks before_after --before f97631a [--after HEAD] [--seeds 1 2 3]
+        [--recipes addition shakespeare-char]
 """
 
 from __future__ import annotations
@@ -111,8 +112,9 @@ def main() -> None:
     for row in summary:
         print(summary_line(row))
     print(f"steps and deciding metrics identical on every seed: {'yes' if identical else 'NO'}")
-    write_record("before_after", {"before_commit": commits["before"], "after_commit": commits["after"], "recipes": args.recipes, "runs": rows,
-                                  "summary": summary, "identical_metrics": identical},
+    write_record("before_after", {"before_commit": commits["before"], "after_commit": commits["after"],
+                                  "recipes": args.recipes, "runs": rows, "summary": summary,
+                                  "identical_metrics": identical},
                  caches="cold", out=args.out, seeds=args.seeds, caches_note=COLD_NOTE)
 
 
