@@ -152,3 +152,14 @@ def test_no_bundled_recipe_forces_bf16():
 def test_float16_is_refused_with_what_to_use_instead():
     with pytest.raises(ConfigError, match="gradient scaler.*dtype=bfloat16"):
         load_config("shakespeare-char", ["dtype=float16"])
+
+
+def test_patience_needs_whole_split_evaluations_to_count():
+    assert load_config("chat-sft", ["train.patience=3"]).train.patience == 3
+    with pytest.raises(ConfigError, match=r"train.patience = -1 .*give 0 \(off\) or a positive number"):
+        load_config("shakespeare-char", ["train.patience=-1"])
+    with pytest.raises(ConfigError, match="with train.eval_every above 0"):
+        load_config("shakespeare-char", ["train.patience=2", "train.eval_every=0"])
+    with pytest.raises(ConfigError, match="set data.eval_batches=0"):
+        load_config("shakespeare-char", ["train.patience=2"])  # its periodic evaluations are sampled
+    assert load_config("shakespeare-char", ["train.patience=2", "data.eval_batches=0"]).train.patience == 2

@@ -282,3 +282,67 @@ def test_run_state_round_trips_through_a_checkpoint_and_names_its_stop_reasons()
     assert (back.step, back.best_val_loss, back.time_to_target, back.train_clock.seconds) == (42, 2.25, 9.0, 7.0)
     assert back.wall_before == 12.0 and back.stopped_by == StopReason.STEPS
     assert json.dumps(StopReason.TIME_BUDGET) == '"time_budget"'  # summary.json keeps its strings
+
+
+VAL_BY_STEP = {2: 3.0, 4: 2.0, 6: 2.5, 8: 2.1, 10: 1.0, 12: 0.5}  # best at step 4, then two worse
+
+
+def scripted_val(trainer):
+    """The task's periodic evaluation replaced by whole-split val losses fixed per step."""
+    trainer.task.evaluate = lambda model, rt, step, final=False: {"val_loss": VAL_BY_STEP[step], "eval": "full"}
+    return trainer
+
+
+PATIENT = ("train.steps=12", "train.eval_every=2", "train.patience=2", "data.eval_batches=0")
+
+
+def test_patience_stops_after_evaluations_without_a_new_best(tmp_path, corpus):
+    t = scripted_val(make_trainer(tmp_path, corpus, *PATIENT))
+    summary = t.train()
+    assert summary["stopped_by"] == "val_plateau" and summary["steps"] == 8 and summary["best_step"] == 4
+    assert summary["metrics"]["best_val_loss"] == 2.0
+    assert t.run.load_checkpoint("best")[1]["step"] == 4
+    patient = make_trainer(tmp_path, corpus, *PATIENT[:2], "data.eval_batches=0", name="off")
+    summary = scripted_val(patient).train()  # patience 0: the plateau is ridden out, the summary as before
+    assert summary["stopped_by"] == "steps" and summary["steps"] == 12 and "best_step" not in summary
+
+
+def test_a_resumed_run_keeps_its_count_of_evaluations_without_a_new_best(tmp_path, corpus, monkeypatch):
+    whole = scripted_val(make_trainer(tmp_path, corpus, *PATIENT, name="whole")).train()
+    real_step, calls = trainer_module.train_step, []
+
+    def step_then_interrupt(*a, **kw):
+        calls.append(1)
+        if len(calls) == 7:  # after step 6's evaluation, the first without a new best
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(*a, **kw)
+
+    monkeypatch.setattr(trainer_module, "train_step", step_then_interrupt)
+    part = scripted_val(make_trainer(tmp_path, corpus, *PATIENT, name="part"))
+    with pytest.raises(Interrupted):
+        part.train()
+    monkeypatch.setattr(trainer_module, "train_step", real_step)
+    assert part.run.load_checkpoint("last")[1]["evals_since_best"] == 1
+    resumed = scripted_val(Trainer(part.run.resume_config(), part.run, RT, progress=False)).train(resume=True)
+    assert (resumed["stopped_by"], resumed["steps"], resumed["best_step"]) == ("val_plateau", 8, 4)
+    assert resumed["metrics"]["val_loss"] == whole["metrics"]["val_loss"]
+
+
+def test_the_model_of_a_run_that_stops_by_val_is_its_best_checkpoint(tmp_path, corpus):
+    """What `speedrun sample`, `chat`, `serve`, export and a fine-tuning's init_from load."""
+    from speedrun.rundir import load_run_model
+
+    patient = scripted_val(make_trainer(tmp_path, corpus, *PATIENT))
+    patient.train()
+    plain = make_trainer(tmp_path, corpus, "train.steps=6", "train.eval_every=2", "data.eval_batches=0", name="plain")
+    scripted_val(plain).train()
+    for run, chosen in ((patient.run, "best"), (plain.run, "last")):
+        weights = run.load_checkpoint(chosen)[0]
+        assert not all(torch.equal(weights[k], v) for k, v in run.load_checkpoint(
+            "last" if chosen == "best" else "best")[0].items())  # the two checkpoints differ
+        model = load_run_model(str(run.path))[0]
+        assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    follow = make_trainer(tmp_path, corpus, "train.steps=1", f"train.init_from={patient.run.path}", name="follow")
+    follow.load_initial_weights(str(patient.run.path))
+    best = patient.run.load_checkpoint("best")[0]
+    assert all(torch.equal(best[k], v) for k, v in follow.model.state_dict().items())

@@ -92,6 +92,9 @@ class TrainConfig:
     target_val_loss: float = 0.0  # record time_to_target once val_loss <= target; 0: off
     target_val_bpb: float = 0.0  # the same on val_bpb (bits per byte of text: comparable across tokenizers)
     stop_at_target: bool = True  # stop training when the target is reached
+    # stop once this many whole-split evaluations in a row (every eval_every steps) find no new best
+    # val_loss; the run's model is then its best checkpoint, and a time budget only a cap. 0: off
+    patience: int = 0
     compile: Literal[True, False, "auto"] = "auto"  # auto: only when the run is long enough to pay it back
     skip_nonfinite: int = 0  # steps with a NaN/inf loss whose update may be dropped before stopping
     tensorboard: bool = True  # event files in the run directory when tensorboard is installed
@@ -401,6 +404,12 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("train.max_steps and train.time_budget must be 0 (off) or positive")
     if t.tokens < 0 or t.tokens_per_param < 0 or (t.tokens and t.tokens_per_param):
         raise ConfigError("give the token budget once: train.tokens or train.tokens_per_param (0: off)")
+    if t.patience < 0 or (t.patience and not t.eval_every):
+        raise ConfigError(f"train.patience = {t.patience} counts evaluations without a new best val_loss: "
+                          "give 0 (off) or a positive number, with train.eval_every above 0")
+    if t.patience and getattr(cfg.data, "eval_batches", 0):
+        raise ConfigError("train.patience counts whole-split evaluations, but data.eval_batches makes the "
+                          "periodic ones sampled estimates; set data.eval_batches=0")
     if isinstance(cfg.data, TextData):
         d = cfg.data
         if d.shard_tokens < 1 or d.eval_tokens < 0 or d.tokenizer_chars < 0:

@@ -171,6 +171,15 @@ class RunDir:
 
         return load_checkpoint(self.checkpoint(name))
 
+    def load_model_weights(self) -> tuple[dict, dict]:
+        """(weights, state) of the run's model: the last checkpoint's state (config, tokenizer)
+        and its weights, or the best checkpoint's weights for a run that stops by its validation
+        split (train.patience), whose evaluations after the best found nothing better."""
+        model_state, state = self.load_checkpoint("last")
+        if state["config"].get("train", {}).get("patience") and self.has_checkpoint("best"):
+            model_state = self.load_checkpoint("best")[0]
+        return model_state, state
+
     def log(self, line: str) -> None:
         with open(self.path / "train.log", "a", encoding="utf-8") as f:
             f.write(line + "\n")
@@ -301,8 +310,8 @@ def git_commit() -> str | None:
 
 
 def load_run_model(run_dir: str):
-    """(model, tokenizer, config) from a run directory's last checkpoint: the model in fp32 on
-    the CPU, for `speedrun.loading` to place on the device its runtime names."""
+    """(model, tokenizer, config) from a run directory's model (`RunDir.load_model_weights`): the
+    model in fp32 on the CPU, for `speedrun.loading` to place on the device its runtime names."""
     from .config import config_from_dict
     from .model import GPT
     from .tokenizer import load_tokenizer
@@ -310,7 +319,7 @@ def load_run_model(run_dir: str):
     run = RunDir(Path(run_dir))
     if not run.path.is_dir():
         raise ConfigError(f"run directory {run_dir} does not exist; pass the folder `speedrun train` printed")
-    model_state, state = run.load_checkpoint("last")
+    model_state, state = run.load_model_weights()
     cfg = config_from_dict(state["config"])
     model = GPT(cfg.model)
     load_weights(model, model_state, f"the checkpoint of {run_dir}")

@@ -50,6 +50,7 @@ class StopReason(str, enum.Enum):
     TIME_BUDGET = "time_budget"  # train.time_budget of wall-clock passed
     TARGET = "target"  # an evaluation reached the target and train.stop_at_target holds
     TASK_DONE = "task_done"  # the task said it is done (addition: every pair right)
+    PATIENCE = "val_plateau"  # train.patience whole-split evaluations in a row found no new best val_loss
 
 
 @dataclass
@@ -65,6 +66,8 @@ class RunState:
     setup_seconds: float = 0.0
     wall_before: float = field(default=0.0, metadata={"saved": False})  # wall-clock of earlier processes
     best_val_loss: float = math.inf
+    best_step: int = 0  # the step of best.safetensors
+    evals_since_best: int = 0  # whole-split evaluations since the best one, for train.patience
     time_to_target: float | None = None  # wall-clock seconds at the evaluation that first reached the target
     train_seconds_to_target: float | None = None
     time_to_verified: float | None = None  # wall-clock seconds when the task's exhaustive check passed
@@ -306,7 +309,9 @@ class Trainer:
         return self.state.time_to_target is None and any(t > 0 and v is not None and v <= t for t, v in targets)
 
     def record(self, metrics: dict, final: bool = False) -> None:
-        """Log an evaluation; keep the best checkpoint; note the target, verification and early stops."""
+        """Log an evaluation; keep the best checkpoint; note the target, verification and early stops.
+        Only a whole-split evaluation chooses the best checkpoint or counts towards train.patience:
+        a sampled estimate is too noisy to keep or stop on."""
         sample = metrics.pop("sample", None)
         if sample is not None:
             self.run.append_sample(self.state.step, sample, final)
@@ -317,8 +322,12 @@ class Trainer:
         full = metrics.get("eval", "full") == "full"
         val = metrics.get("val_loss")
         if val is not None and full and val < self.state.best_val_loss:
-            self.state.best_val_loss = val
+            self.state.best_val_loss, self.state.best_step, self.state.evals_since_best = val, self.state.step, 0
             self.save("best")
+        elif val is not None and full and not final:
+            self.state.evals_since_best += 1
+            if self.cfg.train.patience and self.state.evals_since_best >= self.cfg.train.patience:
+                self.state.stopped_by = StopReason.PATIENCE
         if metrics.get("verified") and self.state.time_to_verified is None:
             self.state.time_to_verified = self.wall_seconds()
         if self.reached_target(metrics) and full:
@@ -385,14 +394,15 @@ class Trainer:
             self.run.truncate_metrics(self.state.step)
 
     def load_initial_weights(self, source: str) -> None:
-        """Start from another run's weights (fine-tuning): the model only, not its optimizer or step."""
+        """Start from another run's model (fine-tuning): its weights only, not its optimizer or
+        step; a run directory's model is the checkpoint `RunDir.load_model_weights` picks."""
         path = Path(source)
-        if path.is_dir():
-            path = RunDir(path).checkpoint("last")
-        if not path.is_file():
+        run = RunDir(path) if path.is_dir() else None
+        if not (run.has_checkpoint() if run else path.is_file()):
             raise ConfigError(f"train.init_from={source!r}: no checkpoint there; give a .safetensors "
                               "checkpoint or a run directory that has checkpoints/last.safetensors")
-        load_weights(self.model, load_checkpoint(path)[0], f"train.init_from={source!r}: its checkpoint",
+        weights = run.load_model_weights()[0] if run else load_checkpoint(path)[0]
+        load_weights(self.model, weights, f"train.init_from={source!r}: its checkpoint",
                      "; use the same [model] settings")
 
     # --- the summary -----------------------------------------------------
@@ -419,6 +429,8 @@ class Trainer:
                 summary["target_val_bpb"] = cfg.train.target_val_bpb
             summary["time_to_target"] = self.state.time_to_target
             summary["train_seconds_to_target"] = self.state.train_seconds_to_target
+            if cfg.train.patience:  # the run's model is its best checkpoint (RunDir.load_model_weights)
+                summary["best_step"] = self.state.best_step
         if "exact_match" in final:
             summary["time_to_verified"] = self.state.time_to_verified
         summary["wall_seconds"] = self.wall_seconds()
