@@ -229,3 +229,27 @@ def test_init_from_starts_from_another_runs_weights(tmp_path, line_corpus, capsy
     assert main(["train", "nanogpt-cpu", "--data", str(line_corpus), "--out", str(tmp_path / "d"), "--quiet",
                  "train.steps=1", f"train.init_from={tmp_path / 'a'}", *common, "model.n_embd=64"]) == 2
     assert "does not match the model in the config" in capsys.readouterr().err
+
+
+def test_the_pipeline_evaluates_and_serves_the_checkpoint_val_chose(tmp_path, chat_run, monkeypatch):
+    """A fine-tuning stopped by its validation split (train.patience) is evaluated, chatted
+    with and served as its best checkpoint, not the steps after it."""
+    from speedrun.apps.chat_pipeline import SFT, Pipeline, PipelineConfig
+    from speedrun.chat import evaluate
+    from speedrun.checkpoint import load_checkpoint, save_checkpoint
+    from speedrun.loading import load_model
+
+    last, state = load_checkpoint(chat_run / "checkpoints" / "last.safetensors")
+    state["config"]["train"].update(patience=2, eval_every=10)
+    best = {k: v + 1 for k, v in last.items()}
+    run = tmp_path / "chat" / SFT
+    (run / "checkpoints").mkdir(parents=True)
+    save_checkpoint(run / "checkpoints" / "last.safetensors", last, state)
+    save_checkpoint(run / "checkpoints" / "best.safetensors", best, state)
+    evaluated = []
+    monkeypatch.setattr(evaluate, "evaluate_tasks", lambda engine, *a, **kw: evaluated.append(
+        engine.model.state_dict()) or {"tasks": {}, "score": 0.0})
+    Pipeline(tmp_path / "chat", PipelineConfig(device="cpu"), progress=False).evaluate(SFT)
+    served = load_model(tmp_path / "chat")[0].state_dict()  # `speedrun chat` and `serve` on the folder
+    for weights in (evaluated[0], served):
+        assert all(torch.equal(weights[k], best[k]) for k in best)

@@ -208,10 +208,11 @@ class Pipeline:
         else:
             run.discard_unstarted()  # a start that wrote no checkpoint: begin again
             summary = Run(cfg, out=run.path, started=started, progress=self.progress).execute()
-        keep = ("val_loss", "val_bpb")
+        keep = ("val_loss", "val_bpb", "best_val_loss")
         return {"train_seconds": summary["train_seconds"], "steps": summary["steps"],
-                "tokens_per_second": summary["tokens_per_second"], "mfu": summary["mfu"],
-                **{k: summary["metrics"][k] for k in keep if k in summary["metrics"]}}
+                "stopped_by": summary["stopped_by"], "tokens_per_second": summary["tokens_per_second"],
+                "mfu": summary["mfu"], **{k: summary["metrics"][k] for k in keep if k in summary["metrics"]},
+                **({"best_step": summary["best_step"]} if "best_step" in summary else {})}
 
     def stage_base(self) -> dict:
         return self.train_stage(BASE, self.base_config())
