@@ -31,9 +31,9 @@ PARITY_TOLERANCE = 1e-4
 
 
 def export_run(run_dir, out, to: str = "hf") -> dict:
-    """Export a run directory's last checkpoint to the new folder `out`; returns
-    what was written and, when transformers is installed, the largest difference
-    between its logits and ours (`max_logit_diff`, on random ids of a full block)."""
+    """Export a run directory's model (`RunDir.load_model_weights`: its last checkpoint, or its
+    best for a run that stops on val) to the new folder `out`; returns what was written and,
+    when transformers is installed, the largest difference between its logits and ours (`max_logit_diff`, on random ids of a full block)."""
     model, tok, cfg = load_run_model(str(run_dir))
     if to == "hf":
         arch = hf_architecture(cfg.model)
