@@ -2,21 +2,24 @@
 `python -m benchmarks`, none touching sys.path, and every record written by one writer that says
 how it was made."""
 
+import gzip
 import importlib
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks import PACKAGE, catalogue, common, report
+from benchmarks import PACKAGE, catalogue, common, corpora, report
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = {"common", "timing"}  # what the benchmarks share; not benchmarks themselves
+SHARED = {"common", "timing", "corpora"}  # what the benchmarks share; not benchmarks themselves
 
 
 @pytest.fixture
@@ -107,6 +110,62 @@ def test_speed_runs_a_row_in_the_precision_it_sets():
     speed = importlib.import_module("benchmarks.speed")
     assert speed.precisions("shakespeare-char", ["dtype=bfloat16"]) == ["bfloat16"]
     assert set(speed.ROUND_ONE_ABLATIONS).isdisjoint(label.split(": ")[-1] for label in speed.TO_TARGET)
+
+
+def held_out(tmp_path, read, members, **kwargs) -> str:
+    """A corpus of the files under `tmp_path`, extracted as generalize extracts a package."""
+    corpus = corpora.Corpus("fake", "fake-doc", "1.0-1", members, read, "a test", "", **kwargs)
+    return corpora.extract(corpus, tmp_path)
+
+
+def test_corpora_extract_prose_from_html_and_gzip_by_one_rule(tmp_path):
+    doc = tmp_path / "usr/share/doc/fake"
+    doc.mkdir(parents=True)
+    (doc / "b.html").write_text(
+        "<html><head><title>Not text</title><style>p {}</style></head><body><h1>The caf\u00e9</h1>"
+        "<p>\u201cIt\u2019s   open,\u201d she said\u2014at\t9&amp;10.</p><pre>$ rm -rf /\n</pre>"
+        "<p>Second <code>line</code> \u2500\u2500 here</p><script>x = 1</script></body></html>", encoding="utf-8")
+    (doc / "a.txt.gz").write_bytes(gzip.compress("  First\u00a0file \n\n\n\n\u00bd end\n".encode()))
+    assert held_out(tmp_path, corpora.read_html, ("usr/share/doc/fake/*.html",)) == (
+        "The cafe\n\n\"It's open,\" she said--at 9&10.\n\nSecond line here\n")
+    assert held_out(tmp_path, corpora.read_text, ("usr/share/doc/fake/*.gz",)) == "First file\n\n12 end\n"
+    text = held_out(tmp_path, corpora.read_text, ("usr/share/doc/fake/*",), exclude=("*.html",))
+    assert text == held_out(tmp_path, corpora.read_text, ("usr/share/doc/fake/a.*",))
+    with pytest.raises(SystemExit, match="no file matching"):
+        held_out(tmp_path, corpora.read_text, ("usr/share/none/*",))
+
+
+def test_corpora_read_fortunes_and_the_books_of_an_r_package(tmp_path):
+    (tmp_path / "art").write_text("A quote.\n\t\t-- Someone\n%\nAnother.\n%\n")
+    (tmp_path / "art.dat").write_bytes(b"\x00\x02index")
+    assert held_out(tmp_path, corpora.read_fortunes, ("*",), exclude=("*.*",)) == (
+        "A quote.\n-- Someone\n\nAnother.\n")
+
+    def r_object(flags: int, strings: list[str | None]) -> bytes:
+        """One object as R's lazy-load database stores it: serialized (XDR, version 3), zlib'd."""
+        body = b"".join(struct.pack(">ii", 0x40009, -1) if s is None else
+                        struct.pack(">ii", 0x40009, len(s.encode())) + s.encode() for s in strings)
+        raw = b"X\n" + struct.pack(">iiii", 3, 0x40201, 0x30500, 5) + b"UTF-8" + struct.pack(">ii", flags, len(strings))
+        return struct.pack(">I", len(raw + body)) + zlib.compress(raw + body)
+
+    (tmp_path / "Rdata.rdb").write_bytes(r_object(16, ["EMMA", "Emma Woodhouse, handsome"]) +
+                                         r_object(16 | 1 << 9, ["Named", "vector"]) +  # attributes: passed over
+                                         r_object(16, ["Persuasion", "", None, "Sir Walter Elliot"]))
+    read = corpora.functools.partial(corpora.read_r_books, ("Persuasion", "Emma"))
+    assert held_out(tmp_path, read, ("Rdata.rdb",)) == (
+        "Persuasion\n\nSir Walter Elliot\n\nEMMA\nEmma Woodhouse, handsome\n")
+    with pytest.raises(SystemExit, match="no book titled Named"):
+        corpora.read_r_books(("Named",), tmp_path / "Rdata.rdb")
+
+
+def test_corpora_name_the_pinned_package_when_the_registry_lost_it(tmp_path, monkeypatch):
+    failed = subprocess.CompletedProcess([], 100, "", "E: Version '1.0-1' for 'fake-doc' was not found\n")
+    monkeypatch.setattr(corpora.subprocess, "run", lambda *args, **kwargs: failed)
+    monkeypatch.setattr(corpora.shutil, "which", lambda name: f"/usr/bin/{name}")
+    corpus = corpora.Corpus("fake", "fake-doc", "1.0-1", ("*",), corpora.read_text, "a test", "")
+    with pytest.raises(SystemExit, match=r"fake-doc=1\.0-1 failed \(E: Version '1\.0-1' for 'fake-doc' was not "
+                                         r"found\); .*snapshot\.debian\.org/package/fake-doc/1\.0-1/"):
+        corpora.fetch(corpus, tmp_path)
 
 
 def test_gpu_dry_run_writes_its_record(tmp_path):
