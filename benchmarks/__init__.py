@@ -6,7 +6,7 @@
 Each writes one JSON record (default results/NAME.json) through `common.write_record`, which
 states the command, the commit, the machine and the caches; `python -m benchmarks report`
 turns results/ into docs/results.md. A benchmark is a module here with a `main()`;
-`common` and `timing` are what they share.
+`common` and `timing` are what they share, `corpora` the held-out texts of `generalize`.
 """
 
 from __future__ import annotations

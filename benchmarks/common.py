@@ -44,6 +44,9 @@ DATA_PREPARATION_VS_ENCODE_BATCH = 0.8  # preparation against tokenizers' own ba
 DATA_FIRST_STEP_SECONDS = 5.0  # second run, prepared dataset
 DATA_EVAL_FRACTION = 0.10
 PLAN_RELATIVE_ERROR = 0.2  # |predicted / measured - 1| (plan, issue 24)
+# figures that travel (generalize, issue 26): shakespeare-char to nanogpt-cpu's own val loss on each corpus
+GENERALIZE_SPEEDUP = 10.0  # baseline's whole command over ours, median of 3 seeds, every held-out corpus
+TINY_SHAKESPEARE_SPEEDUP_SLOWEST_CPU = 12.0  # the same on Tiny Shakespeare, on the slowest CPU measured
 
 
 # --- the machine ---------------------------------------------------------------------
