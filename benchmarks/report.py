@@ -4,8 +4,8 @@
     python -m benchmarks report --check    # exit 1 if docs/results.md is not what the records give
 
 Each record kind has a small renderer: a verify record (`speedrun verify`), a speed record
-(the speed benchmark), the data, plan, chat and GPU benchmarks' records, a chat pipeline's
-folder, and the rest (how it was made, its scalars, its tables). A record made before
+(the speed benchmark), the generalize, data, plan, chat and GPU benchmarks' records, a chat
+pipeline's folder, and the rest (how it was made, its scalars, its tables). A record made before
 `common.write_record` (a string machine line, a commit with "+dirty", no caches) renders as it
 always did; one made through it states its machine, torch and caches in the same bullets.
 Numbers are read as decimals and a number written with at most six digits is shown as it is
@@ -117,6 +117,18 @@ def speed(record: dict) -> list[str]:
     lines += ["Runs (one row per command and seed):", ""] + table(record["runs"])
     lines += ["Summary, as printed at the end of the run:", ""] + table(record["summary"])
     return lines
+
+
+def generalize(record: dict) -> list[str]:
+    """The generalize benchmark's record: its corpora (package, version, size, sha256 of the text),
+    then its runs and summary."""
+    lines = about(record, META)
+    lines += ["Corpora (Tiny Shakespeare tuned the recipes; the others only check them):", ""]
+    lines += table(record["corpora"])
+    lines += ["Runs (one row per command, corpus and seed):", ""] + table(record["runs"])
+    lines += ["Summary, as printed at the end of the run:", ""]
+    return lines + table(record["summary"], ["claim", "corpus", "run", "dtype", "median", "unit", "min", "max", "n",
+                                             "target", "verdict"])
 
 
 def data(record: dict) -> list[str]:
@@ -262,6 +274,8 @@ def kind(path: Path):
         return verify
     if path.name.startswith("speed"):
         return speed
+    if path.name.startswith("generalize"):
+        return generalize
     if path.name.startswith("chat"):
         return chat_record
     if path.name.startswith("gpu"):

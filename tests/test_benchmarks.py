@@ -168,6 +168,28 @@ def test_corpora_name_the_pinned_package_when_the_registry_lost_it(tmp_path, mon
         corpora.fetch(corpus, tmp_path)
 
 
+def test_report_renders_a_generalize_record(tmp_path, fixed_machine):
+    generalize = importlib.import_module("benchmarks.generalize")
+    assert generalize.corpus_names("jargon,tinyshakespeare,jargon") == ["tinyshakespeare", "jargon"]
+    figures = {(generalize.SPEEDUP, "tinyshakespeare", None, "float32"): [13.0, 11.0, 12.5],
+               (generalize.SPEEDUP, "jargon", None, "float32"): [9.0, 11.0, 10.5],
+               (generalize.SAME_WALL, "jargon", "shakespeare-bpe", "float32"): [1.5]}
+    summary = generalize.summarised(figures)
+    assert [row["verdict"] for row in summary[:2]] == ["met", "met"] and "verdict" not in summary[2]
+    assert summary[0]["target"] == ">= 12" and summary[1]["target"] == ">= 10"
+    corpus = {"name": "jargon", "package": "jargon-text", "version": "4.4.7-4.1", "what": "the Jargon File",
+              "chars": 1487863, "distinct_chars": 96, "sha256": "5d7e"}
+    path = common.write_record("generalize", {"corpora": [corpus], "runs": [{"run": "jargon: nanogpt-cpu",
+                               "seed": 1, "corpus": "jargon", "val_loss": 1.9}], "summary": summary},
+                               caches="cold", out=tmp_path / "generalize.json", seeds=[1, 2, 3])
+    assert report.kind(path) is report.generalize
+    text = "\n".join(report.kind(path)(report.load(path)))
+    assert "- caches: cold" in text and "- seeds: 1; 2; 3" in text
+    assert "| jargon | jargon-text | 4.4.7-4.1 | the Jargon File | 1,487,863 | 96 | 5d7e |" in text
+    assert "| jargon: nanogpt-cpu | 1 | jargon | 1.9 |" in text
+    assert f"| {generalize.SPEEDUP} | jargon | - | float32 | 10.5 | x | 9.0 | 11.0 | 3 | >= 10 | met |" in text
+
+
 def test_gpu_dry_run_writes_its_record(tmp_path):
     """The GPU benchmark's steps, tiny, on this CPU (about 40 s on 2 cores)."""
     out = tmp_path / "gpu.json"
