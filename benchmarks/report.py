@@ -3,9 +3,9 @@
     python -m benchmarks report            # (re)write docs/results.md
     python -m benchmarks report --check    # exit 1 if docs/results.md is not what the records give
 
-Each record kind has a small renderer: a verify record (`speedrun verify`), a speed record
-(the speed benchmark), the generalize, data, plan, chat and GPU benchmarks' records, a chat
-pipeline's folder, and the rest (how it was made, its scalars, its tables). A record made before
+Each record kind has a small renderer: a verify record (`speedrun verify`, of a recipe or of the
+chat pipeline), a speed record (the speed benchmark), the generalize, data, plan, chat and GPU
+benchmarks' records, a chat pipeline's folder, and the rest (how it was made, its scalars, its tables). A record made before
 `common.write_record` (a string machine line, a commit with "+dirty", no caches) renders as it
 always did; one made through it states its machine, torch and caches in the same bullets.
 Numbers are read as decimals and a number written with at most six digits is shown as it is
@@ -93,23 +93,80 @@ META = ["benchmark", "command", "argv", "commit", "dirty", "machine", "torch", "
         "duration", "converted_from"]
 
 
-def verify(record: dict) -> list[str]:
+def verify_machine(record: dict) -> str:
+    """A verify record's machine (its own shape, not write_record's): CPU, GPU, flags, the peaks its runs measured."""
     machine = record["machine"]
     peaks = ", ".join(f"{dtype} {float(flops) / 1e9:.0f} GFLOP/s" for dtype, flops in machine["peak_flops"].items())
-    lines = about({"command": None, "command_note": f"not recorded; `speedrun verify {record['recipe']}`, "
-                                                    f"{record['n_seeds']} seeds, one process each",
-                   "overrides": record["overrides"] or None,
-                   "commit": record["git_commit"],
-                   "machine": f"{machine['cpu']}, {machine['cpu_count']} cores, GPU {fmt(machine['gpu'])}, flags "
-                              f"[{' '.join(machine['cpu_flags'])}], measured peaks {peaks}, torch "
-                              f"{machine['torch_version']}, Python {record['python_version']}",
-                   "date": record["created"]}, ["command", "overrides", "commit", "machine", "date"])
+    return (f"{machine['cpu']}, {machine['cpu_count']} cores, GPU {fmt(machine['gpu'])}, flags "
+            f"[{' '.join(machine['cpu_flags'])}], measured peaks {peaks}, torch {machine['torch_version']}, "
+            f"Python {record['python_version']}")
+
+
+def verify_command(record: dict) -> dict:
+    """The command bullet: as recorded, or (a record older than the command's recording) what it must have been."""
+    if record.get("command"):
+        return {"command": record["command"]}
+    return {"command": None, "command_note": f"not recorded; `speedrun verify {record['recipe']}`, "
+                                             f"{record['n_seeds']} seeds, one process each"}
+
+
+def verify(record: dict) -> list[str]:
+    if record.get("kind") == "tasks":
+        return verify_chat(record)
+    lines = about({**verify_command(record), "overrides": record["overrides"] or None, "commit": record["git_commit"],
+                   "machine": verify_machine(record), "date": record["created"],
+                   **({"caches": record["caches"]} if "caches" in record else {})},
+                  ["command", "overrides", "commit", "machine", "date", "caches"])
     lines += [f"Claim: {record['claim']} (config sha256 {record['config_sha256'][:12]}).", ""]
     lines += table([{k: v for k, v in seed.items() if k != "run_dir"} for seed in record["seeds"]])
     metrics = [key for key, value in record.items() if isinstance(value, dict) and "mean" in value]
     lines += table([{"metric": key, **record[key]} for key in metrics])
     lines += table([{k: v for k, v in record["test"].items()}])
     return lines
+
+
+def verify_chat(record: dict) -> list[str]:
+    """A `speedrun verify chat-pipeline` record: the settings and the base, per task over the seeds (the
+    line the README quotes first), then per seed its accuracies and stage seconds."""
+    settings, base = record["settings"], record["base"]
+    lines = about({**verify_command(record), "commit": record["git_commit"], "machine": verify_machine(record),
+                   "date": record["created"], "caches": record["caches"]},
+                  ["command", "commit", "machine", "date", "caches"])
+    lines += [f"Claim: {record['claim']}; {record['n_seeds']} seeds, each running {record['per_seed']} "
+              f"(config sha256 {record['config_sha256'][:12]}).", ""]
+    config, overrides = settings["config"], settings["overrides"]
+    lines += [f"Pipeline: seed {config['seed']} (the held-out questions), vocabulary {config['vocab_size']}, "
+              f"{config['eval_items']} items per task; overrides: base {fmt(overrides['base']) or 'none'}, "
+              f"fine-tuning {fmt(overrides['sft']) or 'none'}.", ""]
+    if base:
+        stages = ", ".join(f"{stage} {float(seconds):.1f} s" for stage, seconds in base["stage_seconds"].items())
+        made = "trained by this verify" if base["made_by_verify"] else "given with --base"
+        lines += [f"Base, once: `{base['folder']}` ({made}): {stages}.", ""]
+    lines += [f"In one line: {chat_claim_line(record)}.", ""]
+    lines += ["Held-out test accuracy per task over the seeds (constant: the best constant answer; margin: "
+              "points above it):", ""]
+    lines += table(record["tasks"], ["task", "target", "accuracy_mean", "accuracy_sd", "accuracy_min",
+                                     "accuracy_max", "constant", "margin_points_mean", "margin_points_min", "verdict"])
+    rows = [{"seed": seed["seed"], "met": seed["met"], **{task: row["accuracy"] for task, row in seed["tasks"].items()},
+             **{f"{stage} s": seconds for stage, seconds in seed["stage_seconds"].items()},
+             "process s": seed["process_seconds"], "pipeline s": seed["pipeline_seconds"], "dtype": seed["dtype"],
+             "sft steps": seed["sft_steps"]} for seed in record["seeds"]]
+    lines += ["Per seed (process s: the seed's command, wall-clock; pipeline s: every stage before the report, "
+              "the base's included):", ""] + table(rows)
+    verdict = "holds" if record["holds"] else "does not hold"
+    missed = f" ({'; '.join(record['missed'])})" if record["missed"] else ""
+    return lines + [f"Verdict: the claim {verdict}{missed}; the whole verify took "
+                    f"{float(record['verify_seconds']) / 60:.1f} min.", ""]
+
+
+def chat_claim_line(record: dict) -> str:
+    """Each judged task's mean +/- sd (min) beside its constant answer, in percent."""
+    def pct(value) -> str:
+        return f"{float(value) * 100:.1f}"
+
+    return "; ".join(f"{row['task']} {pct(row['accuracy_mean'])} +/- {pct(row['accuracy_sd'] or 0)}% "
+                     f"(min {pct(row['accuracy_min'])}%, constant {pct(row['constant'])}%)"
+                     for row in record["tasks"] if row["verdict"] != "shown")
 
 
 def speed(record: dict) -> list[str]:
