@@ -23,17 +23,14 @@ from pathlib import Path
 
 from benchmarks.common import (CHAT_MARGIN_OVER_CONSTANT_POINTS, CHAT_PIPELINE_MINUTES, CHAT_TASK_ACCURACY, parser,
                                print_machine, write_record)
+from speedrun.verify import task_verdict
 
 
 def verdicts(after: dict) -> dict:
-    """Per task: the target it has, and its margin over the constant answer, each met or missed."""
-    rows = {}
-    for name, result in after.items():
-        target = CHAT_TASK_ACCURACY.get(name)
-        margin = (result["accuracy"] - result["constant"]) * 100
-        rows[name] = {"target": target, "target_met": None if target is None else result["accuracy"] >= target,
-                      "margin_points": margin, "margin_met": margin >= CHAT_MARGIN_OVER_CONSTANT_POINTS}
-    return rows
+    """Per task: the target it has, and its margin over the constant answer, each met or missed
+    (None: no target, or a no-tool row, shown and not judged), as `speedrun verify` judges a seed."""
+    return {name: {"target": CHAT_TASK_ACCURACY.get(name), **task_verdict(name, r["accuracy"], r["constant"])}
+            for name, r in after.items()}
 
 
 def main() -> None:
@@ -66,7 +63,8 @@ def main() -> None:
     for name, result in after.items():
         v = tasks[name]
         mark = "" if v["target"] is None else f">= {v['target']:.0%} " + ("met" if v["target_met"] else "MISSED")
-        mark += f"; {v['margin_points']:+.0f} points " + ("met" if v["margin_met"] else "MISSED")
+        margin = {True: "met", False: "MISSED", None: "(shown, not judged)"}[v["margin_met"]]
+        mark += f"; {v['margin_points']:+.0f} points {margin}"
         print(f"{name:<20} {result['constant']:8.1%} {before[name]['accuracy']:8.1%} {result['accuracy']:8.1%} "
               f"{result['total']:6d}  {mark.lstrip('; ')}")
     print("before: the base model few-shot in plain text; constant: the best constant answer")

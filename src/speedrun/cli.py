@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -72,13 +73,50 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .verify import format_record, verify
+    from .verify import CHAT_MIN_SEEDS, CHAT_PIPELINE, format_record, verify, verify_chat
 
-    overrides = list(args.overrides) + ([f"data.source={json.dumps(args.data)}"] if args.data else [])
-    record = verify(args.recipe, overrides, args.seeds, args.target, args.out, args.first_seed, warm=args.warm)
+    command = shlex.join(["speedrun", *getattr(args, "argv", [])])
+    chat = args.recipe == CHAT_PIPELINE
+    seeds = args.seeds if args.seeds is not None else CHAT_MIN_SEEDS if chat else 5
+    if chat:
+        if args.target is not None:
+            raise ConfigError("--target: the chat claim's targets are fixed (each task's accuracy and its margin "
+                              "over the constant answer); leave it out")
+        record = verify_chat(chat_settings(args), seeds, args.out, args.first_seed, args.base,
+                             args.sft_only, warm=args.warm, command=command)
+    else:
+        if args.base or args.sft_only:
+            raise ConfigError(f"--base and --sft-only fine-tune one base over the seeds: they are for "
+                              f"`speedrun verify {CHAT_PIPELINE}`")
+        overrides = list(args.overrides) + ([f"data.source={json.dumps(args.data)}"] if args.data else [])
+        record = verify(args.recipe, overrides, seeds, args.target, args.out, args.first_seed,
+                        warm=args.warm, command=command)
     print("\n" + format_record(record))
     print(f"record: {Path(record['out']) / 'verify.json'}")
     return 0 if record["holds"] else 1
+
+
+def chat_settings(args) -> dict:
+    """What every seed of `speedrun verify chat-pipeline` runs with, as pipeline.json records it, built
+    here so that a typo fails before any seed. With --base, the base's own settings and the user's
+    sft.<key> overrides on top: the tokenizer and the base model are already made."""
+    from dataclasses import asdict
+
+    from .apps.chat_pipeline import Pipeline, parse_pipeline_overrides
+    from .verify import base_settings, pipeline_arguments
+
+    overrides = list(args.overrides)
+    if args.base:
+        fixed = [o for o in overrides if not o.startswith("sft.")] + (["--data"] if args.data else [])
+        if fixed:
+            raise ConfigError(f"{fixed[0]}: with --base the pipeline settings and the base stage's are the base "
+                              "folder's (its pipeline.json); give only sft.<key> overrides, or leave out --base")
+        overrides = pipeline_arguments(base_settings(args.base)) + overrides
+    elif args.data:
+        overrides.append(f"corpus={json.dumps(args.data)}")
+    cfg, base, sft = parse_pipeline_overrides(overrides)
+    Pipeline(os.devnull, cfg, base, sft, progress=False)  # builds both stage configs; reads and writes no folder
+    return {"config": asdict(cfg), "overrides": {"base": base, "sft": sft}}
 
 
 def cmd_recipes(args) -> int:
@@ -252,11 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
     pr.set_defaults(func=cmd_prepare)
 
-    v = sub.add_parser("verify", help="train a recipe over several seeds, one process each, and test whether "
-                                      "it reaches its target at p < 0.01 (exit code 0 if so, 1 if not)")
-    v.add_argument("recipe", help="bundled recipe name or a TOML file")
-    v.add_argument("overrides", nargs="*", help="dotted key=value overrides, applied to every seed")
-    v.add_argument("--seeds", type=int, default=5, help="runs, with train.seed = 1..N (default 5)")
+    v = sub.add_parser("verify", help="train a recipe (or the chat pipeline) over several seeds, one process each, "
+                                      "and test whether it reaches its target (exit code 0 if so, 1 if not)")
+    v.add_argument("recipe", help="bundled recipe name or a TOML file, or chat-pipeline: each task's held-out "
+                                  "accuracy and margin over the constant answer, on every seed")
+    v.add_argument("overrides", nargs="*", help="dotted key=value overrides, applied to every seed (chat-pipeline: "
+                                                "its own, e.g. sft.train.time_budget=600)")
+    v.add_argument("--seeds", type=int, help="runs, with train.seed = 1..N (default 5; chat-pipeline 3)")
     v.add_argument("--first-seed", type=int, default=1, help="the first seed (default 1)")
     v.add_argument("--target", type=float, help="the loss to reach (default: the recipe's train.target_val_loss), "
                                                 "or addition's exact-match rate (default 1.0)")
@@ -265,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--data", help="training text, as for `speedrun train --data` (sets data.source)")
     v.add_argument("--warm", action="store_true", help="let the seeds share this machine's speedrun and "
                                                        "compiler caches (default: each seed starts cold)")
+    v.add_argument("--sft-only", action="store_true", help="chat-pipeline: train the tokenizer and base once "
+                                                           "(OUT/base/) and only fine-tune it per seed")
+    v.add_argument("--base", metavar="PIPELINE_DIR", help="chat-pipeline: fine-tune this finished pipeline's base "
+                                                          "per seed (copied; the folder is only read)")
     v.set_defaults(func=cmd_verify)
 
     r = sub.add_parser("recipes", help="list the bundled recipes")
@@ -372,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = [a for a in extra if a not in overrides]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command, as verify records it
     try:
         return args.func(args)
     except USER_ERRORS as e:
