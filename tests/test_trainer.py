@@ -346,3 +346,31 @@ def test_the_model_of_a_run_that_stops_by_val_is_its_best_checkpoint(tmp_path, c
     follow.load_initial_weights(str(patient.run.path))
     best = patient.run.load_checkpoint("best")[0]
     assert all(torch.equal(best[k], v) for k, v in follow.model.state_dict().items())
+
+
+def test_the_final_metrics_of_a_run_that_stops_by_val_are_its_best_checkpoints(tmp_path, corpus, monkeypatch):
+    """summary.json describes the model every loader gives, read from one checkpoint only."""
+    from speedrun.rundir import RunDir
+
+    finals = []
+
+    def evaluated_weights(trainer):
+        real = trainer.task.final_metrics
+        trainer.task.final_metrics = lambda model, rt, step: finals.append(
+            {k: v.clone() for k, v in model.state_dict().items()}) or real(model, rt, step)
+        return trainer
+
+    patient = evaluated_weights(scripted_val(make_trainer(tmp_path, corpus, *PATIENT)))
+    patient.train()
+    plain = make_trainer(tmp_path, corpus, "train.steps=6", "train.eval_every=2", "data.eval_batches=0", name="plain")
+    evaluated_weights(scripted_val(plain)).train()
+    for run, chosen, weights in ((patient.run, "best", finals[0]), (plain.run, "last", finals[1])):
+        saved = run.load_checkpoint(chosen)[0]
+        assert all(torch.equal(saved[k], v) for k, v in weights.items())
+    last = patient.run.load_checkpoint("last")[0]  # still the last step's, to resume from
+    assert not all(torch.equal(last[k], v) for k, v in finals[0].items())
+    reads = []
+    real_load = RunDir.load_checkpoint
+    monkeypatch.setattr(RunDir, "load_checkpoint", lambda self, name="last": reads.append(name) or real_load(self, name))
+    patient.run.load_model_weights()
+    assert reads == ["best"]

@@ -22,7 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .config import Config, ConfigError, to_toml
+from .config import Config, ConfigError, load_config, to_toml
 
 
 class RunDir:
@@ -171,14 +171,22 @@ class RunDir:
 
         return load_checkpoint(self.checkpoint(name))
 
+    def model_checkpoint(self) -> str:
+        """Which checkpoint is the run's model: "best" for a run that stops by its validation
+        split (train.patience), whose evaluations after the best found nothing better, else
+        "last". Decided from config.toml, so that only the chosen checkpoint is read."""
+        if not self.has_checkpoint("best"):
+            return "last"
+        if self.config_file.is_file():
+            return "best" if load_config(str(self.config_file)).train.patience else "last"
+        # a folder of checkpoints without its config.toml: the last checkpoint's config says
+        patience = self.load_checkpoint("last")[1]["config"].get("train", {}).get("patience")
+        return "best" if patience else "last"
+
     def load_model_weights(self) -> tuple[dict, dict]:
-        """(weights, state) of the run's model: the last checkpoint's state (config, tokenizer)
-        and its weights, or the best checkpoint's weights for a run that stops by its validation
-        split (train.patience), whose evaluations after the best found nothing better."""
-        model_state, state = self.load_checkpoint("last")
-        if state["config"].get("train", {}).get("patience") and self.has_checkpoint("best"):
-            model_state = self.load_checkpoint("best")[0]
-        return model_state, state
+        """(weights, state) of the run's model, the checkpoint `model_checkpoint` names: its
+        weights and its state (config, tokenizer)."""
+        return self.load_checkpoint(self.model_checkpoint())
 
     def log(self, line: str) -> None:
         with open(self.path / "train.log", "a", encoding="utf-8") as f:

@@ -227,6 +227,7 @@ class Trainer:
             self.save("last")
             if not self.dist.is_main:
                 return {}
+            self.become_the_runs_model()
             with self.state.eval_clock:
                 final = self.task.final_metrics(self.model, self.rt, self.state.step)
             self.record(final, final=True)
@@ -392,6 +393,17 @@ class Trainer:
             self.task.load_state_dict(state["task"])
         if self.dist.is_main:
             self.run.truncate_metrics(self.state.step)
+
+    def become_the_runs_model(self) -> None:
+        """Before the final evaluation: take the weights of the checkpoint that is the run's model
+        (`RunDir.model_checkpoint`: the best one for a run that stops by val), so that the
+        summary's metrics are those of the model every loader gives (checkpoints/last keeps the
+        last step's weights, to resume from)."""
+        if self.run.model_checkpoint() != "best" or self.state.best_step in (0, self.state.step):
+            return
+        load_weights(self.model, self.run.load_checkpoint("best")[0], "the best checkpoint")
+        self.say(f"the run's model is its best checkpoint, step {self.state.best_step} "
+                 f"(val_loss {self.state.best_val_loss:.4f}); the final metrics are its")
 
     def load_initial_weights(self, source: str) -> None:
         """Start from another run's model (fine-tuning): its weights only, not its optimizer or
