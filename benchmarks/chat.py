@@ -21,9 +21,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import (CHAT_MARGIN_OVER_CONSTANT_POINTS, CHAT_PIPELINE_MINUTES, CHAT_TASK_ACCURACY, parser,
-                               print_machine, write_record)
-from speedrun.verify import task_verdict
+from benchmarks.common import (
+    CHAT_MARGIN_OVER_CONSTANT_POINTS,
+    CHAT_PIPELINE_MINUTES,
+    CHAT_TASK_ACCURACY,
+    parser,
+    print_machine,
+    write_record,
+)
+from speedrun.verify_chat import task_verdict
 
 
 def verdicts(after: dict) -> dict:

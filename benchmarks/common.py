@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from speedrun.verify import CHAT_MARGIN_OVER_CONSTANT_POINTS, CHAT_TASK_ACCURACY  # noqa: F401 (defined once, there)
+from speedrun.verify_chat import CHAT_MARGIN_OVER_CONSTANT_POINTS, CHAT_TASK_ACCURACY  # noqa: F401 (defined once, there)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -38,7 +38,7 @@ ADDITION_CHECK_SECONDS = 5.0  # the passing exhaustive check over all 1,000,000 
 # the chat pipeline (chat)
 CHAT_PIPELINE_MINUTES = 30.0
 # and each task's accuracy and margin over its constant answer: CHAT_TASK_ACCURACY and
-# CHAT_MARGIN_OVER_CONSTANT_POINTS, from speedrun.verify, which judges them over seeds (verify chat-pipeline)
+# CHAT_MARGIN_OVER_CONSTANT_POINTS, from speedrun.verify_chat, which judges them over seeds (verify chat-pipeline)
 # corpora bigger than memory (data, issue 23)
 DATA_PEAK_RSS_BYTES = 1.5e9  # at 5 GB
 DATA_PEAK_GROWTH = 1.3  # largest corpus against the smallest

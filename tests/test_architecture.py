@@ -20,7 +20,8 @@ LAYERS = [
                                  "chat.identity", "chat.user_conversations",
                                  "chat.calculator", "chat.engine", "chat.evaluate", "chat.corpus"]),
     ("trainer", ["trainer", "run"]),
-    ("apps", ["apps", "apps.", "report", "verify", "export", "export.", "loading", "cli", "__main__", "__init__"]),
+    ("apps", ["apps", "apps.", "report", "verify", "verify_chat", "export", "export.", "loading", "cli", "__main__",
+              "__init__"]),
 ]
 
 

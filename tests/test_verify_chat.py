@@ -13,13 +13,13 @@ from speedrun.apps.chat_pipeline import PipelineConfig
 from speedrun.cli import main
 from speedrun.config import ConfigError
 from speedrun.rundir import ChatRunDir
-from speedrun.verify import (
+from speedrun.verify_chat import (
     BASE_STAGES,
     CHAT_MARGIN_OVER_CONSTANT_POINTS,
     CHAT_TASK_ACCURACY,
     ChatSeeds,
     build_chat_record,
-    format_record,
+    format_chat_record,
     seed_misses,
     task_verdict,
     verify_chat,
@@ -73,19 +73,19 @@ def test_one_failing_seed_fails_the_chat_claim():
                 "machine", "git_commit", "python_version", "created"):
         assert key in record
     json.dumps(record)
-    table = format_record({**record, "caches": "cold", "verify_seconds": 100.0})
+    table = format_chat_record({**record, "caches": "cold", "verify_seconds": 100.0})
     assert "the claim HOLDS" in table and "96.3%" in table and "shown" in table
 
     one_bad = entries(kind, evaluation(), evaluation(counting=0.79), evaluation())
     record = build_chat_record(kind, one_bad, [{}] * 3)
     assert not record["holds"] and record["missed"] == ["seed 2: counting 79% (< 80%)"]
     assert next(row for row in record["tasks"] if row["task"] == "counting")["verdict"] == "MISSED"
-    assert "does NOT hold: seed 2: counting 79%" in format_record({**record, "verify_seconds": 1.0})
+    assert "does NOT hold: seed 2: counting 79%" in format_chat_record({**record, "verify_seconds": 1.0})
     unfinished = build_chat_record(kind, entries(kind, evaluation(), None, evaluation()), [{}] * 3)
     assert not unfinished["holds"] and unfinished["missed"] == ["seed 2: did not finish (exit code 1; "
                                                                  "see logs/seed-2.txt)"]
     two = build_chat_record(kind, entries(kind, evaluation(), evaluation()), [{}] * 2)
-    assert not two["holds"] and "takes at least 3 seeds" in format_record({**two, "verify_seconds": 1.0})
+    assert not two["holds"] and "takes at least 3 seeds" in format_chat_record({**two, "verify_seconds": 1.0})
 
 
 def fake_pipeline(evaluations: dict, calls: list):

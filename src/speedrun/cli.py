@@ -73,7 +73,13 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .verify import CHAT_MIN_SEEDS, CHAT_PIPELINE, format_record, verify, verify_chat
+    from .verify import format_record, verify
+    from .verify_chat import (
+        CHAT_MIN_SEEDS,
+        CHAT_PIPELINE,
+        format_chat_record,
+        verify_chat,
+    )
 
     command = shlex.join(["speedrun", *getattr(args, "argv", [])])
     chat = args.recipe == CHAT_PIPELINE
@@ -91,7 +97,7 @@ def cmd_verify(args) -> int:
         overrides = list(args.overrides) + ([f"data.source={json.dumps(args.data)}"] if args.data else [])
         record = verify(args.recipe, overrides, seeds, args.target, args.out, args.first_seed,
                         warm=args.warm, command=command)
-    print("\n" + format_record(record))
+    print("\n" + (format_chat_record if chat else format_record)(record))
     print(f"record: {Path(record['out']) / 'verify.json'}")
     return 0 if record["holds"] else 1
 
@@ -103,7 +109,7 @@ def chat_settings(args) -> dict:
     from dataclasses import asdict
 
     from .apps.chat_pipeline import Pipeline, parse_pipeline_overrides
-    from .verify import base_settings, pipeline_arguments
+    from .verify_chat import base_settings, pipeline_arguments
 
     overrides = list(args.overrides)
     if args.base:
